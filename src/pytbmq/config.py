@@ -289,6 +289,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Most unacknowledged QoS 1/2 PUBLISH packets per client; advertised as Receive Maximum",
     ),
     Setting(
+        "MQTT_FLOW_CONTROL_MQTT_3X_RECEIVE_MAX",
+        "mqtt.flow-control.mqtt3x-receive-max",
+        Int(1, 65535),
+        "65535",
+        "Most unacknowledged QoS 1/2 PUBLISH packets the broker sends an MQTT 3.x client",
+    ),
+    Setting(
         "MQTT_KEEP_ALIVE_MAX_KEEP_ALIVE_SEC",
         "mqtt.keep-alive.max-keep-alive",
         _UINT16,
@@ -408,6 +415,7 @@ class Settings:
     tcp_netty_max_payload_size: int
     mqtt_connect_timeout_sec: int
     mqtt_max_in_flight_msgs: int
+    mqtt_flow_control_mqtt_3x_receive_max: int
     mqtt_keep_alive_max_keep_alive_sec: int
     mqtt_topic_max_segments_count: int
     mqtt_topic_alias_max: int

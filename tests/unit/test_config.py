@@ -45,6 +45,7 @@ TBMQ_DEFAULTS = {
     "tcp_netty_max_payload_size": 65536,
     "mqtt_connect_timeout_sec": 10,
     "mqtt_max_in_flight_msgs": 1000,
+    "mqtt_flow_control_mqtt_3x_receive_max": 65535,
     "mqtt_keep_alive_max_keep_alive_sec": 600,
     "mqtt_topic_max_segments_count": 0,
     "mqtt_topic_alias_max": 10,
