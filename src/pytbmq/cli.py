@@ -1,0 +1,65 @@
+"""The `pytbmq` command line: `run` (the default) and `settings`.
+
+Later releases add their commands here (credentials, certs, keystore, tls check).
+Errors the user can fix (ConfigError) are printed as one clear message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pytbmq import __version__
+from pytbmq.config import describe_settings, load_settings
+from pytbmq.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pytbmq",
+        description="pytbmq: an MQTT 3.1/3.1.1/5.0 broker configured like ThingsBoard TBMQ. "
+        "Settings come from environment variables with TBMQ's names "
+        "(see `pytbmq settings`), optionally from a TBMQ-style YAML file.",
+    )
+    parser.add_argument("--version", action="version", version=f"pytbmq {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file shaped like TBMQ's thingsboard-mqtt-broker.yml; "
+        "environment variables override it",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="start the broker in the foreground (the default)")
+    run.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub.add_parser("settings", help="list every setting with its default and meaning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "settings":
+        for env, default, help_text in describe_settings():
+            print(f"{env}={default}\n    {help_text}")
+        return 0
+    try:
+        settings = load_settings(config_file=args.config)
+    except ConfigError as exc:
+        print(f"pytbmq: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.pytbmq_log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from pytbmq.broker import run
+
+    try:
+        return run(settings)
+    except ConfigError as exc:
+        logging.getLogger("pytbmq").error("cannot start: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 0

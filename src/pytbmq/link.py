@@ -1,0 +1,559 @@
+"""One client connection: bytes in → packets → router calls; router output → bytes out.
+
+A Link is an asyncio BufferedProtocol. Every listener (TCP now; TLS and WebSocket later)
+hands it a byte stream. Packets of one client are handled in order, synchronously, in
+`buffer_updated`: no task per packet. Writes are collected and flushed once per
+event-loop turn by the shared `Writer`. This is the one place that turns a ProtocolError
+into a CONNACK, a DISCONNECT or (MQTT 3.x) a plain close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from pytbmq.errors import ProtocolError, ProtocolViolation, UnsupportedProtocolVersion
+from pytbmq.message import Message
+from pytbmq.protocol.codec import decode, encode, encode_publish_parts
+from pytbmq.protocol.connection import (
+    InboundAliases,
+    Limits,
+    Negotiated,
+    OutboundAliases,
+    negotiate,
+)
+from pytbmq.protocol.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+)
+from pytbmq.router import Router
+from pytbmq.session import Session
+from pytbmq.topics import validate_topic_name
+
+log = logging.getLogger(__name__)
+
+_READ_BUFFER = bytearray(65536)
+_READ_VIEW = memoryview(_READ_BUFFER)
+_PINGRESP = encode(PingResp(), 4)
+_V5 = 5
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    limits: Limits
+    connect_timeout: float = 10.0  # MQTT_CONNECT_TIMEOUT_SEC
+    topic_alias_min_length: int = 50  # MQTT_TOPIC_MIN_LENGTH_FOR_ALIAS_REPLACEMENT
+    write_high_water: int = 1280 * 1024  # NETTY_WRITE_BUFFER_HIGH_WATER_MARK
+    write_low_water: int = 640 * 1024  # NETTY_WRITE_BUFFER_LOW_WATER_MARK
+
+
+class Writer:
+    """Collects each link's outgoing bytes and writes them once per event-loop turn."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Link] = []
+        self._scheduled = False
+
+    def mark(self, link: Link) -> None:
+        self._dirty.append(link)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty = self._dirty
+        self._dirty = []
+        for link in dirty:
+            link.flush()
+
+
+class Link(asyncio.BufferedProtocol):
+    """A client connection. Satisfies pytbmq.session.SessionLink."""
+
+    def __init__(
+        self,
+        router: Router,
+        writer: Writer,
+        settings: LinkSettings,
+        registry: set[Link],
+        listener: str,
+    ) -> None:
+        self.router = router
+        self.writer = writer
+        self.settings = settings
+        self.registry = registry
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.session: Session | None = None
+        self.client_id = ""
+        self.version = 0  # protocol level, known once CONNECT is decoded
+        self.receive_maximum = 65535
+        self._max_in = settings.limits.max_packet_size
+        self._max_out: int | None = None
+        self._pending = bytearray()
+        self._out: list[bytes] = []
+        self._marked = False
+        self._paused = False
+        self._closing = False
+        self._clean_close = False  # DISCONNECT received: no will (unless 0x04)
+        self._publish_will = True
+        self._disconnect_reason = "connection closed"
+        self._in_aliases = InboundAliases(settings.limits.topic_alias_maximum)
+        self._out_aliases: OutboundAliases | None = None
+        self._keep_alive = 0.0
+        self._last_rx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._connected = False
+        self._negotiated: Negotiated | None = None
+
+    # ------------------------------------------------------------ transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(
+            high=self.settings.write_high_water, low=self.settings.write_low_water
+        )
+        self.registry.add(self)
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        self._timer = loop.call_later(self.settings.connect_timeout, self._connect_timeout)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closing:
+            return
+        self._last_rx = self._now_mono()
+        pending = self._pending
+        if pending:
+            pending += _READ_VIEW[:nbytes]
+            used = self._process(pending)
+            del pending[:used]
+        else:
+            view = _READ_VIEW[:nbytes]
+            used = self._process(view)
+            if used < nbytes and not self._closing:
+                pending += view[used:]
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closing = True
+        session = self.session
+        if session is not None:
+            self.session = None
+            publish_will = not self._clean_close or self._publish_will
+            self.router.connection_lost(session, time.time(), publish_will)
+        if self._connected:
+            if exc is not None and self._disconnect_reason == "connection closed":
+                self._disconnect_reason = f"connection lost: {exc}"
+            log.info(
+                "client %s disconnected from %s (%s): %s",
+                self.client_id,
+                self.peer,
+                self.listener,
+                self._disconnect_reason,
+            )
+
+    # ------------------------------------------------------------ incoming
+    @staticmethod
+    def _now_mono() -> float:
+        return time.monotonic()
+
+    def _process(self, buf: bytearray | memoryview) -> int:
+        """Decode and handle every whole packet in buf; returns the bytes consumed."""
+        offset = 0
+        end = len(buf)
+        try:
+            while offset < end and not self._closing:
+                result = decode(buf, self.version, self._max_in, offset)
+                if result is None:
+                    break
+                packet, offset = result
+                self._handle(packet)
+        except ProtocolError as err:
+            self._protocol_error(err)
+            return end
+        except Exception:
+            # A bug must cost one connection, never the broker.
+            log.exception("internal error handling client %s from %s", self.client_id, self.peer)
+            self._protocol_error(ProtocolError("internal error", ReasonCode.UNSPECIFIED_ERROR))
+            return end
+        return offset
+
+    def _handle(self, packet: Packet) -> None:
+        session = self.session
+        if session is None:
+            if isinstance(packet, Connect):
+                self._on_connect(packet)
+                return
+            raise ProtocolViolation("first packet is not CONNECT")  # [MQTT-3.1.0-1]
+        now = time.time()
+        router = self.router
+        if isinstance(packet, Publish):
+            self._on_publish(session, packet, now)
+        elif isinstance(packet, PubAck):
+            router.puback(session, packet.packet_id, now)
+        elif isinstance(packet, PubRec):
+            if not router.pubrec(session, packet.packet_id, packet.reason_code, now):
+                self._write(
+                    encode(
+                        PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
+                        self.version,
+                    )
+                )
+        elif isinstance(packet, PubRel):
+            found = router.pubrel(session, packet.packet_id)
+            code = 0 if found else ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self._write(encode(PubComp(packet.packet_id, code), self.version))  # [MQTT-4.3.3-11]
+        elif isinstance(packet, PubComp):
+            router.pubcomp(session, packet.packet_id, now)
+        elif isinstance(packet, PingReq):
+            self._write(_PINGRESP)  # [MQTT-3.12.4-1]
+        elif isinstance(packet, Subscribe):
+            self._on_subscribe(session, packet, now)
+        elif isinstance(packet, Unsubscribe):
+            codes = router.unsubscribe(session, packet.topic_filters)
+            self._write(encode(UnsubAck(packet.packet_id, tuple(codes)), self.version))
+        elif isinstance(packet, Disconnect):
+            self._on_disconnect(session, packet)
+        elif isinstance(packet, Connect):
+            raise ProtocolViolation("second CONNECT")  # [MQTT-3.1.0-2]
+        elif isinstance(packet, Auth):
+            raise ProtocolViolation("AUTH without an authentication method")  # [MQTT-4.12.0-1]
+        else:
+            raise ProtocolViolation(f"{type(packet).__name__} is not sent by clients")
+
+    def _on_connect(self, connect: Connect) -> None:
+        self.version = connect.protocol_version
+        self.client_id = connect.client_id
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        limits = self.settings.limits
+        neg = negotiate(connect, limits)
+        will = connect.will
+        if neg.accepted and will is not None and not validate_topic_name(will.topic):
+            neg = replace(
+                neg, accepted=False, connack=ConnAck(False, ReasonCode.TOPIC_NAME_INVALID)
+            )
+        if not neg.accepted:
+            self._write(encode(neg.connack, self.version))
+            log.info(
+                "client %r from %s (MQTT %s) refused: %s",
+                connect.client_id,
+                self.peer,
+                _version_name(self.version),
+                ReasonCode(neg.connack.reason_code).name,
+            )
+            self._close()
+            return
+        self._negotiated = neg
+        self.client_id = neg.client_id
+        self.receive_maximum = neg.client_receive_maximum
+        self._max_out = neg.client_max_packet_size
+        if neg.client_topic_alias_maximum:
+            self._out_aliases = OutboundAliases(
+                neg.client_topic_alias_maximum, self.settings.topic_alias_min_length
+            )
+        now = time.time()
+        session, present = self.router.connect(
+            self, neg.client_id, self.version, connect.clean_start, neg.session_expiry, will, now
+        )
+        self.session = session
+        self._connected = True
+        self._write(encode(replace(neg.connack, session_present=present), self.version))
+        log.info(
+            "client %s connected from %s (%s, MQTT %s, clean start %s, keep alive %ss, "
+            "session present %s)",
+            neg.client_id,
+            self.peer,
+            self.listener,
+            _version_name(self.version),
+            connect.clean_start,
+            neg.keep_alive,
+            present,
+        )
+        if neg.keep_alive:
+            self._keep_alive = neg.keep_alive * 1.5  # [MQTT-3.1.2-22]
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._keep_alive, self._check_keep_alive)
+        self.router.session_started(session, now)
+
+    def _on_publish(self, session: Session, packet: Publish, now: float) -> None:
+        v5 = self.version == _V5
+        props = packet.properties
+        topic = packet.topic
+        if v5:
+            if props.subscription_identifiers:
+                raise ProtocolViolation("PUBLISH from a client with a Subscription Identifier")
+            topic = self._in_aliases.resolve(topic, props.topic_alias)  # [MQTT-3.3.4-6] above
+        elif not topic:
+            raise ProtocolViolation("PUBLISH with an empty topic")
+        if not validate_topic_name(topic):
+            raise ProtocolError(f"invalid topic name {topic!r}", ReasonCode.TOPIC_NAME_INVALID)
+        qos = packet.qos
+        pid = packet.packet_id
+        if qos == 2:
+            assert pid is not None
+            if pid not in session.inflight_in and (
+                len(session.inflight_in) >= self.settings.limits.receive_maximum
+            ):
+                raise ProtocolError(
+                    "more unacknowledged QoS 2 messages than Receive Maximum",
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,  # [MQTT-3.3.4-9]
+                )
+        reason = 0
+        if v5 and props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+            reason = ReasonCode.PAYLOAD_FORMAT_INVALID
+        elif topic.startswith("$SYS"):
+            reason = ReasonCode.NOT_AUTHORIZED  # $SYS is the broker's own namespace
+        elif qos < 2 or self.router.qos2_received(session, pid):  # type: ignore[arg-type]
+            msg = Message.create(
+                topic, packet.payload, qos, packet.retain, props, self.client_id, now
+            )
+            if self.router.publish(msg, now) == 0 and v5:
+                reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            assert pid is not None
+            self._write(encode(PubAck(pid, reason), self.version))
+        elif qos == 2:
+            assert pid is not None
+            if reason >= 0x80:
+                self.router.pubrel(session, pid)
+            self._write(encode(PubRec(pid, reason), self.version))
+
+    def _on_subscribe(self, session: Session, packet: Subscribe, now: float) -> None:
+        v5 = self.version == _V5
+        codes, retained = self.router.subscribe(session, packet, v5)
+        self._write(encode(SubAck(packet.packet_id, tuple(codes)), self.version))
+        if retained:
+            self.router.send_retained(session, retained, now)
+
+    def _on_disconnect(self, session: Session, packet: Disconnect) -> None:
+        neg = self._negotiated
+        expiry = packet.properties.session_expiry_interval
+        if expiry is not None:
+            if neg is not None and neg.session_expiry == 0 and expiry != 0:
+                raise ProtocolViolation("DISCONNECT sets a session expiry after CONNECT had 0")
+            session.expiry_interval = min(expiry, self.settings.limits.max_session_expiry)
+        self._clean_close = True
+        self._publish_will = packet.reason_code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        self._disconnect_reason = (
+            "client sent DISCONNECT"
+            if packet.reason_code == 0
+            else f"client sent DISCONNECT {_reason_name(packet.reason_code)}"
+        )
+        self._close()  # [MQTT-3.14.4-1]
+
+    # ------------------------------------------------------------ errors and timers
+    def _protocol_error(self, err: ProtocolError) -> None:
+        code = err.reason_code
+        if self._connected:
+            if self.version == _V5:
+                self._write(encode(Disconnect(code), _V5))  # [MQTT-4.13.1-1]
+        elif isinstance(err, UnsupportedProtocolVersion):
+            # [MQTT-3.1.2-2]: answer in 3.1.1 form (return code 1) and close.
+            self._write(encode(ConnAck(False, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION), 4))
+        elif self.version == _V5:
+            self._write(encode(ConnAck(False, code), _V5))
+        self._disconnect_reason = f"protocol error {_reason_name(code)}: {err}"
+        if not self._connected:
+            log.info(
+                "connection from %s (%s) rejected: %s",
+                self.peer,
+                self.listener,
+                self._disconnect_reason,
+            )
+        self._close()
+
+    def _connect_timeout(self) -> None:
+        self._timer = None
+        if self.session is None and not self._closing:
+            log.info("connection from %s (%s) closed: no CONNECT in time", self.peer, self.listener)
+            self._close()
+
+    def _check_keep_alive(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        idle = self._now_mono() - self._last_rx
+        if idle >= self._keep_alive:
+            self._disconnect_reason = "keep alive timeout"
+            self.close_by_server(ReasonCode.KEEP_ALIVE_TIMEOUT)  # [MQTT-3.1.2-22]
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._keep_alive - idle, self._check_keep_alive)
+
+    # ------------------------------------------------------------ outgoing (SessionLink)
+    def send_publish(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        packet_id: int | None,
+        dup: bool,
+        now: float,
+    ) -> bool:
+        if self._closing:
+            return True  # the session keeps it; it is resent when the client returns
+        aliases = self._out_aliases
+        alias = aliases.lookup(message.topic) if aliases is not None else None
+        if dup or alias is not None:
+            head, tail = self._encode_special(message, qos, retain, sub_ids, dup, alias, now)
+        else:
+            head, tail = message.encoded(self.version == _V5, qos, retain, sub_ids, now)
+        size = len(head) + len(tail) + (2 if qos else 0)
+        if self._max_out is not None and size > self._max_out:
+            return False  # [MQTT-3.1.2-24]
+        out = self._out
+        out.append(head)
+        if qos:
+            assert packet_id is not None
+            out.append(packet_id.to_bytes(2, "big"))
+        out.append(tail)
+        if not self._marked:
+            self._marked = True
+            self.writer.mark(self)
+        return True
+
+    def _encode_special(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        dup: bool,
+        alias: tuple[int, bool] | None,
+        now: float,
+    ) -> tuple[bytes, bytes]:
+        """A PUBLISH that cannot share the cached bytes: DUP set or a topic alias."""
+        topic = message.topic
+        props = message.properties
+        if self.version == _V5:
+            changes: dict[str, Any] = {}
+            if sub_ids:
+                changes["subscription_identifiers"] = sub_ids
+            if message.expires_at is not None:
+                changes["message_expiry_interval"] = max(1, math.ceil(message.expires_at - now))
+            if alias is not None:
+                changes["topic_alias"] = alias[0]
+                if alias[1]:
+                    topic = ""  # the client knows this alias [MQTT-3.3.2-12]
+            if changes:
+                props = replace(props, **changes)
+        return encode_publish_parts(topic, message.payload, qos, retain, dup, props, self.version)
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self._write(encode(PubRel(packet_id), self.version))
+
+    def can_take_qos0(self) -> bool:
+        return not self._paused and not self._closing
+
+    def close_by_server(self, reason_code: int) -> None:
+        """Server-initiated close; the router has already detached the session."""
+        if self._closing:
+            return
+        if reason_code == ReasonCode.SESSION_TAKEN_OVER:
+            self._disconnect_reason = "session taken over"
+            self.session = None
+        elif reason_code == ReasonCode.SERVER_SHUTTING_DOWN:
+            self._disconnect_reason = "server shutting down"
+        if self.version == _V5 and self._connected:
+            self._write(encode(Disconnect(reason_code), _V5))
+        self._close()
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._marked:
+            self._marked = True
+            self.writer.mark(self)
+
+    def flush(self) -> None:
+        self._marked = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _version_name(version: int) -> str:
+    return {3: "3.1", 4: "3.1.1", 5: "5"}.get(version, str(version))
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return f"0x{code:02X} {ReasonCode(code).name}"
+    except ValueError:
+        return f"0x{code:02X}"
+
+
+__all__ = ["Link", "LinkSettings", "Properties", "Writer"]
