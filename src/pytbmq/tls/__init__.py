@@ -1,0 +1,1 @@
+"""TLS: server credentials, trust, SSL contexts, handshake diagnostics and reload."""
