@@ -95,6 +95,8 @@ class BrokerProcess:
         self.env_overrides = dict(env or {})
         self.host = "127.0.0.1"
         self.port = 0
+        #: Port of every listener by name ('tcp', 'ssl', ...); ``port`` is the tcp one.
+        self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -131,6 +133,8 @@ class BrokerProcess:
             raise
         for line in self.logs():
             match = LISTENER_RE.search(line)
+            if match:
+                self.ports[match.group(1).lower()] = int(match.group(3))
             if match and match.group(1).lower() == "tcp":
                 self.host, self.port = match.group(2), int(match.group(3))
         if not self.port:
@@ -225,6 +229,50 @@ class BrokerProcess:
 
     def __repr__(self) -> str:
         return f"<BrokerProcess {self.host}:{self.port} env={self.env_overrides}>"
+
+
+@dataclass
+class FailedStart:
+    """Outcome of a start expected to fail (see :func:`run_broker_expecting_exit`)."""
+
+    returncode: int | None  # None: it was still running at the deadline (then killed)
+    stdout: str
+    stderr: str
+    elapsed: float
+
+    @property
+    def output(self) -> str:
+        return self.stderr + self.stdout
+
+
+def run_broker_expecting_exit(
+    workdir: Path, env: dict[str, Any] | None = None, timeout: float = 20.0
+) -> FailedStart:
+    """Run ``python -m pytbmq`` that should refuse to start; wait for its exit and return the
+    exit code and its output. A broker still running after ``timeout`` is killed and
+    reported with ``returncode=None``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytbmq"],
+        cwd=workdir,
+        env=broker_env(workdir / "data", env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        code = None
+    return FailedStart(code, stdout, stderr, time.monotonic() - start)
 
 
 # --------------------------------------------------------------------------- paho wrapper
