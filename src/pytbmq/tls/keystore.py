@@ -58,6 +58,7 @@ __all__ = [
     "KeyEntry",
     "Keystore",
     "KeystoreError",
+    "add_trusted_certificate",
     "all_certificates",
     "detect_type",
     "dump_jks",
@@ -1116,3 +1117,71 @@ def _set(*parts: bytes) -> bytes:
 
 def _der_int_encode(value: int) -> bytes:
     return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+# --------------------------------------------------------------------------- appending
+
+
+def add_trusted_certificate(
+    data: bytes, store_type: str, store_password: str, alias: str, cert: x509.Certificate
+) -> bytes:
+    """``data`` plus one trusted certificate entry (``keytool -importcert``).
+
+    Every existing entry is kept byte for byte, so key entries whose key password differs
+    from the store password survive without that password. The store password is checked
+    first; an alias already in use (case-insensitive, as in Java) is refused. JKS aliases
+    are lower-cased as keytool does. A PKCS12 file gets a new encrypted certificate bag
+    and a new HMAC-SHA256 MAC; files the walker cannot parse (BER, PBMAC1) raise
+    KeystoreError, as does an empty PKCS12 store password.
+    """
+    store = load_keystore(data, store_type, store_password, None)
+    taken = [e.alias for e in store.keys] + list(store.locked_aliases)
+    taken += [name for name, _ in store.trusted if name]
+    if not alias:
+        raise KeystoreError("the alias must not be empty")
+    if any(name.lower() == alias.lower() for name in taken):
+        raise KeystoreError(f'alias "{alias}" already exists in the keystore')
+    der = cert.public_bytes(serialization.Encoding.DER)
+    if store.kind == "JKS":
+        _magic, version, count = struct.unpack(">III", data[:12])
+        name = _mutf8_encode(alias.lower())
+        if len(name) > 0xFFFF:
+            raise KeystoreError(f'alias "{alias[:40]}..." is too long')
+        entry = struct.pack(">I", 2) + struct.pack(">H", len(name)) + name
+        entry += struct.pack(">Q", int(time.time() * 1000))
+        if version == 2:
+            entry += struct.pack(">H", 5) + b"X.509"
+        entry += struct.pack(">I", len(der)) + der
+        body = data[:8] + struct.pack(">I", count + 1) + data[12:-20] + entry
+        return body + _jks_digest(_utf16(store_password), body)
+    if not store_password:
+        raise KeystoreError("a PKCS12 keystore needs a non-empty store password")
+    try:
+        pfx = _der_items(_der_one(data, 0x30))
+        auth_type, auth_content = _content_info(pfx[1])
+        if auth_type != _OID_DATA:
+            raise _Unsupported
+        infos = _der_one(_octets(auth_content), 0x30)
+    except (_Unsupported, _DerError, IndexError):
+        raise KeystoreError(
+            "this PKCS12 file cannot be extended in place (BER encoding or unusual algorithms)"
+        ) from None
+    attrs = [
+        _attribute(_OID_FRIENDLY_NAME, _tlv(0x1E, _utf16(alias))),
+        _attribute(_OID_JAVA_TRUSTED, _oid(_OID_ANY_EKU)),
+    ]
+    alg, encrypted = _pbes2_encrypt(_seq(_cert_bag(der, attrs)), store_password)
+    content = _seq(_tlv(0x02, b"\x00"), _seq(_oid(_OID_DATA), alg, _tlv(0x80, encrypted)))
+    auth_safe = _seq(infos, _seq(_oid(_OID_ENCRYPTED_DATA), _tlv(0xA0, content)))
+    salt = os.urandom(20)
+    mac_key = _p12_kdf("sha256", _bmp(store_password), salt, 3, _WRITE_ITERATIONS, 32)
+    mac_data = _seq(
+        _seq(
+            _seq(_oid(_OID_SHA256), b"\x05\x00"),
+            _tlv(0x04, hmac.new(mac_key, auth_safe, "sha256").digest()),
+        ),
+        _tlv(0x04, salt),
+        _der_int_encode(_WRITE_ITERATIONS),
+    )
+    auth = _seq(_oid(_OID_DATA), _tlv(0xA0, _tlv(0x04, auth_safe)))
+    return _seq(_der_int_encode(3), auth, mac_data)
