@@ -14,15 +14,22 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from pytbmq.config import Settings
 from pytbmq.errors import ConfigError
 from pytbmq.link import Link, LinkSettings, Writer
-from pytbmq.listeners import ListenerSpec, start_listener
+from pytbmq.listeners import ListenerSpec, TlsListener, start_listener
 from pytbmq.protocol.connection import Limits
 from pytbmq.protocol.packets import ReasonCode
+from pytbmq.protocol.websocket import WsPolicy
 from pytbmq.router import Router, RouterConfig
-from pytbmq.storage import MemoryStore, Store
+from pytbmq.storage import Store, make_store
+from pytbmq.storage.committer import Committer
+from pytbmq.tls.context import TlsContextHolder
+from pytbmq.tls.diagnose import ChainCache, HandshakeStats
+from pytbmq.tls.material import TlsListenerConfig
+from pytbmq.wsadapter import WsAdapter, WsSettings, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,8 @@ TICK_SECONDS = 0.25
 def router_config(settings: Settings) -> RouterConfig:
     return RouterConfig(
         queue_limit=settings.mqtt_persistent_session_device_persisted_messages_limit,
+        queue_limit_app=settings.mqtt_persistent_session_app_persisted_messages_limit,
+        queue_ttl=settings.mqtt_persistent_session_device_persisted_messages_ttl,
         max_session_expiry=settings.mqtt_client_session_expiry_max_expiry_interval,
         root_wildcard_allowed=settings.mqtt_subscription_root_multi_lvl_wildcard,
         topic_max_segments=settings.mqtt_topic_max_segments_count,
@@ -55,13 +64,32 @@ def link_settings(settings: Settings, max_packet_size: int) -> LinkSettings:
     )
 
 
+def ws_settings(settings: Settings, name: str) -> WsSettings:
+    """The WebSocket settings of listener `name` ("ws" or "wss")."""
+    return WsSettings(
+        listener=name,
+        policy=WsPolicy(
+            path=getattr(settings, f"{name}_path"),
+            subprotocols=tuple(getattr(settings, f"{name}_netty_sub_protocols").split(",")),
+            allowed_origins=frozenset(filter(None, settings.ws_allowed_origins.split(","))),
+        ),
+        max_payload=getattr(settings, f"{name}_netty_max_payload_size"),
+        upgrade_timeout=float(settings.mqtt_connect_timeout_sec),
+        trusted_proxies=parse_networks(settings.ws_trusted_proxies),
+    )
+
+
 class Broker:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or MemoryStore()
+        self.store: Store = store or make_store(settings)
+        self.committer: Committer | None = None  # with a durable store
         self.router = Router(router_config(settings))
         self.links: set[Link] = set()
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | TlsListener] = []
+        self.tls: dict[str, TlsContextHolder] = {}
+        self.handshakes: dict[str, HandshakeStats] = {}
+        self._tls_watchers: list[asyncio.Task[None]] = []
         self._writer: Writer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -75,24 +103,64 @@ class Broker:
             raise ConfigError(
                 f"PYTBMQ_DATA_DIR={str(s.pytbmq_data_dir)!r} cannot be created: {reason}"
             ) from exc
-        await self.store.open()
         loop = asyncio.get_running_loop()
         self._writer = writer = Writer(loop)
-        specs: list[tuple[ListenerSpec, LinkSettings]] = []
+        await self._open_store(loop, writer)
+        Factory = Callable[[], asyncio.BaseProtocol]
+        specs: list[tuple[ListenerSpec, Factory]] = []
         if s.listener_tcp_enabled:
-            specs.append(
-                (
-                    ListenerSpec(
-                        "tcp", s.listener_tcp_bind_address, s.listener_tcp_bind_port, "LISTENER_TCP"
-                    ),
-                    link_settings(s, s.tcp_netty_max_payload_size),
-                )
+            spec = ListenerSpec(
+                "tcp", s.listener_tcp_bind_address, s.listener_tcp_bind_port, "LISTENER_TCP"
             )
-        if not specs:
-            raise ConfigError("no listener is enabled: set LISTENER_TCP_ENABLED=true")
-        for spec, lsettings in specs:
-            server = await start_listener(spec, self._factory(writer, lsettings, spec.name))
+            lsettings = link_settings(s, s.tcp_netty_max_payload_size)
+            specs.append((spec, self._factory(writer, lsettings, spec.name)))
+        if s.listener_ws_enabled:
+            spec = ListenerSpec(
+                "ws", s.listener_ws_bind_address, s.listener_ws_bind_port, "LISTENER_WS"
+            )
+            lsettings = link_settings(s, s.ws_netty_max_payload_size)
+            specs.append((spec, self._ws_factory(writer, lsettings, ws_settings(s, "ws"))))
+        tls_specs: list[tuple[ListenerSpec, Factory, TlsContextHolder]] = []
+        for name, enabled in (("ssl", s.listener_ssl_enabled), ("wss", s.listener_wss_enabled)):
+            if not enabled:
+                continue
+            # All TLS material is checked before any listener opens: a broken TLS
+            # configuration stops startup, never falls back to plain TCP.
+            holder = TlsContextHolder(TlsListenerConfig.from_settings(s, name))
+            max_size = (
+                s.ssl_netty_max_payload_size if name == "ssl" else s.wss_netty_max_payload_size
+            )
+            lsettings = link_settings(s, max_size)
+            lsettings = replace(lsettings, peer_certificates=ChainCache().peer_certificates)
+            spec = ListenerSpec(
+                name,
+                getattr(s, f"listener_{name}_bind_address"),
+                getattr(s, f"listener_{name}_bind_port"),
+                f"LISTENER_{name.upper()}",
+            )
+            factory: Factory = (
+                self._factory(writer, lsettings, name)
+                if name == "ssl"
+                else self._ws_factory(writer, lsettings, ws_settings(s, name))
+            )
+            tls_specs.append((spec, factory, holder))
+            self.tls[name] = holder
+            log.info("listener %s: %s", name, holder.describe())
+        if not specs and not tls_specs:
+            raise ConfigError(
+                "no listener is enabled: set LISTENER_TCP_ENABLED, LISTENER_SSL_ENABLED, "
+                "LISTENER_WS_ENABLED or LISTENER_WSS_ENABLED to true"
+            )
+        for spec, factory in specs:
+            server = await start_listener(spec, factory)
             self.servers.append(server)
+        for spec, factory, holder in tls_specs:
+            stats = self.handshakes.setdefault(spec.name, HandshakeStats())
+            listener = TlsListener(spec, holder, factory, stats)
+            await listener.start()
+            self.servers.append(listener)
+            if holder.cfg.reload_interval > 0:
+                self._tls_watchers.append(loop.create_task(self._watch_tls(holder)))
         self._ticker = loop.create_task(self._tick())
         log.info(
             "pytbmq ready: %d listener(s), store %s, data dir %s",
@@ -100,6 +168,55 @@ class Broker:
             self.store.name,
             s.pytbmq_data_dir,
         )
+
+    async def _open_store(self, loop: asyncio.AbstractEventLoop, writer: Writer) -> None:
+        """Open the store and restore what it holds; with a durable store, log the
+        router's changes and gate acknowledgements on their commit."""
+        store = self.store
+        on_committed: Callable[[int], None] = _ignore
+        if store.durable:
+            self.committer = committer = Committer(self.router, store, loop)
+            writer.gate = committer
+            on_committed = committer.committed_up_to
+        state = await store.open(on_committed)
+        self.router.restore(state, time.time())
+        if store.durable:
+            sessions, messages, retained = state.counts()
+            log.info(
+                "store %s: loaded %d persistent session(s), %d queued or in-flight "
+                "message(s) and %d retained message(s) from %s",
+                store.name,
+                sessions,
+                messages,
+                retained,
+                store.location,
+            )
+
+    async def _flush_store(self) -> None:
+        """Commit what the router logged; acknowledgements waiting for it are released."""
+        committer = self.committer
+        if committer is None:
+            return
+        try:
+            await asyncio.wait_for(committer.flush(), self.settings.shutdown_timeout_sec)
+        except TimeoutError:
+            log.error(
+                "store %s: changes not committed within %ss",
+                self.store.location,
+                self.settings.shutdown_timeout_sec,
+            )
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _ws_factory(
+        self, writer: Writer, lsettings: LinkSettings, ws: WsSettings
+    ) -> Callable[[], WsAdapter]:
+        make_link = self._factory(writer, lsettings, ws.listener)
+
+        def make() -> WsAdapter:
+            return WsAdapter(ws, make_link)
+
+        return make
 
     def _factory(self, writer: Writer, lsettings: LinkSettings, name: str) -> Callable[[], Link]:
         router, links = self.router, self.links
@@ -123,6 +240,18 @@ class Broker:
                 self.router.expire_retained(now)
                 next_retained = now + period
 
+    async def _watch_tls(self, holder: TlsContextHolder) -> None:
+        """Reload a listener's TLS material when one of its files changes."""
+        while True:
+            await asyncio.sleep(holder.cfg.reload_interval)
+            if holder.changed():
+                holder.reload("files changed")
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read every TLS listener's files; new handshakes use what loads."""
+        for holder in self.tls.values():
+            holder.reload("SIGHUP")
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -133,6 +262,7 @@ class Broker:
         log.info("pytbmq stopping: %d connection(s) open", len(self.links))
         for server in self.servers:
             server.close()
+        await self._flush_store()  # acknowledgements still held go out before DISCONNECT
         for link in list(self.links):
             link.close_by_server(ReasonCode.SERVER_SHUTTING_DOWN)
         if self._writer is not None:
@@ -145,12 +275,21 @@ class Broker:
                 link.transport.abort()
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in self._tls_watchers:
+            task.cancel()
         for server in self.servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-        await self.store.flush()
-        await self.store.close()
+        await self._flush_store()  # disconnect times and pending wills of the last links
+        try:
+            await self.store.close()
+        except Exception as exc:
+            log.error("store %s: closing failed: %s", self.store.location, exc)
         log.info("pytbmq stopped")
+
+
+def _ignore(_seq: int) -> None:
+    return None
 
 
 async def serve(settings: Settings) -> None:
@@ -158,6 +297,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, broker.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
     try:
         await broker.start()
         await broker.wait_stopped()

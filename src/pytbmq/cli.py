@@ -1,7 +1,9 @@
-"""The `pytbmq` command line: `run` (the default) and `settings`.
+"""The `pytbmq` command line: `run` (the default), `settings` and `data export|import`
+(pytbmq.storage.transfer).
 
 Later releases add their commands here (credentials, certs, keystore, tls check).
-Errors the user can fix (ConfigError) are printed as one clear message and exit 2.
+Errors the user can fix (ConfigError) are printed as one clear message and exit 2; a
+store that cannot be used (StorageError) exits 1.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 from pytbmq import __version__
 from pytbmq.config import describe_settings, load_settings
-from pytbmq.errors import ConfigError
+from pytbmq.errors import ConfigError, StorageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the broker in the foreground (the default)")
     run.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub.add_parser("settings", help="list every setting with its default and meaning")
+    data = sub.add_parser("data", help="export or import the stored state (JSON lines)")
+    data.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    export = actions.add_parser(
+        "export", help="write every persistent session, queued and retained message"
+    )
+    export.add_argument("-o", "--output", metavar="FILE", default="-", help="default: stdout")
+    load = actions.add_parser("import", help="load an export into an empty data directory")
+    load.add_argument("input", metavar="FILE", help="an export; - reads standard input")
+    load.add_argument("--replace", action="store_true", help="discard the stored state first")
+    from pytbmq.tls.tooling import add_parsers as add_tls_tooling  # certs, keystore, tls
+
+    add_tls_tooling(sub)
     return parser
 
 
@@ -44,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for env, default, help_text in describe_settings():
             print(f"{env}={default}\n    {help_text}")
         return 0
+    if command in ("certs", "keystore", "tls"):
+        from pytbmq.tls.tooling import run as run_tls_tooling
+
+        return run_tls_tooling(args)
     try:
         settings = load_settings(config_file=args.config)
     except ConfigError as exc:
@@ -54,6 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.pytbmq_log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if command == "data":
+        from pytbmq.storage.transfer import run_data_command
+
+        try:
+            return run_data_command(settings, args)
+        except StorageError as exc:
+            print(f"pytbmq: {exc}", file=sys.stderr)
+            return 1
     from pytbmq.broker import run
 
     try:
@@ -61,5 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("pytbmq").error("cannot start: %s", exc)
         return 2
+    except StorageError as exc:
+        logging.getLogger("pytbmq").error("cannot start: %s", exc)
+        return 1
     except KeyboardInterrupt:
         return 0

@@ -49,6 +49,7 @@ __all__ = [
     "Setting",
     "Settings",
     "Str",
+    "TlsProtocol",
     "describe_settings",
     "load_settings",
     "redact",
@@ -217,6 +218,104 @@ class PathKind(Kind):
         return "a non-empty path"
 
 
+@dataclass(frozen=True)
+class TlsProtocol(Kind):
+    """The lowest TLS version a listener accepts: TLSv1.2 (also 1.3), TLSv1.3, or TLS (= 1.2+).
+
+    TBMQ passes this name to Java's SSLContext; TLSv1 and TLSv1.1 are refused here because
+    they are broken and disabled in every current TLS library.
+    """
+
+    def parse(self, raw: str) -> str:
+        text = raw.strip()
+        canonical = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3", "tls": "TLS", "": "TLS"}
+        value = canonical.get(text.casefold())
+        if value is None:
+            raise ValueError(raw)
+        return value
+
+    def expected(self) -> str:
+        return (
+            "TLSv1.2 (accepts TLS 1.2 and 1.3) or TLSv1.3 (only 1.3); "
+            "SSLv3, TLSv1 and TLSv1.1 are insecure and not supported"
+        )
+
+
+# An HTTP token (RFC 9110 section 5.6.2), which is what a WebSocket subprotocol name is.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s,]+")
+
+
+def _comma_items(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class TokenList(Kind):
+    """A comma-separated list of HTTP tokens (WebSocket subprotocol names), kept as
+    ``a,b`` without spaces; at least one unless `allow_empty`."""
+
+    allow_empty: bool = False
+
+    def parse(self, raw: str) -> str:
+        items = _comma_items(raw)
+        if not items and not self.allow_empty:
+            raise ValueError(raw)
+        if not all(_HTTP_TOKEN.fullmatch(item) for item in items):
+            raise ValueError(raw)
+        return ",".join(items)
+
+    def expected(self) -> str:
+        return "a comma-separated list of subprotocol names such as mqtt,mqttv3.1"
+
+
+@dataclass(frozen=True)
+class UrlPath(Kind):
+    """An absolute URL path such as ``/mqtt``: starts with '/', no query, no spaces."""
+
+    def parse(self, raw: str) -> str:
+        text = raw.strip()
+        if not text.startswith("/") or any(c in text for c in "?# \t") or not text.isprintable():
+            raise ValueError(raw)
+        return text
+
+    def expected(self) -> str:
+        return "a URL path starting with '/', such as /mqtt"
+
+
+@dataclass(frozen=True)
+class OriginList(Kind):
+    """Comma-separated web origins (``https://app.example.com``, ``http://host:8080``),
+    kept lower-case without a trailing '/'; empty allows any origin."""
+
+    def parse(self, raw: str) -> str:
+        items = [item.lower().removesuffix("/") for item in _comma_items(raw)]
+        if not all(_ORIGIN.fullmatch(item) for item in items):
+            raise ValueError(raw)
+        return ",".join(items)
+
+    def expected(self) -> str:
+        return (
+            "empty (any origin) or comma-separated origins such as "
+            "https://dashboard.example.com,http://localhost:8080"
+        )
+
+
+@dataclass(frozen=True)
+class CidrList(Kind):
+    """Comma-separated IP addresses or networks (``10.0.0.0/8``, ``::1``), kept normalised."""
+
+    def parse(self, raw: str) -> str:
+        try:
+            nets = [ipaddress.ip_network(item, strict=False) for item in _comma_items(raw)]
+        except ValueError:
+            raise ValueError(raw) from None
+        return ",".join(str(net) for net in nets)
+
+    def expected(self) -> str:
+        return "empty or comma-separated IP addresses or CIDR networks such as 10.0.0.0/8,::1"
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -271,6 +370,396 @@ SETTINGS: tuple[Setting, ...] = (
         Int(16, 268_435_460),
         "65536",
         "Largest MQTT packet in bytes the broker accepts; advertised as Maximum Packet Size",
+    ),
+    Setting(
+        "LISTENER_SSL_ENABLED",
+        "listener.ssl.enabled",
+        Bool(),
+        "false",
+        "Enable the MQTT over TLS (MQTTS) listener",
+    ),
+    Setting(
+        "LISTENER_SSL_BIND_ADDRESS",
+        "listener.ssl.bind_address",
+        Host(),
+        "0.0.0.0",
+        "Address the MQTTS listener binds to",
+    ),
+    Setting(
+        "LISTENER_SSL_BIND_PORT",
+        "listener.ssl.bind_port",
+        _PORT,
+        "8883",
+        "Port the MQTTS listener binds to; 0 picks any free port",
+    ),
+    Setting(
+        "SSL_NETTY_MAX_PAYLOAD_SIZE",
+        "listener.ssl.netty.max_payload_size",
+        Int(16, 268_435_460),
+        "65536",
+        "Largest MQTT packet in bytes accepted on the MQTTS listener",
+    ),
+    Setting(
+        "LISTENER_SSL_PROTOCOL",
+        "listener.ssl.config.protocol",
+        TlsProtocol(),
+        "TLSv1.2",
+        "Lowest TLS version accepted: TLSv1.2 (1.2 and 1.3) or TLSv1.3",
+    ),
+    Setting(
+        "LISTENER_SSL_ENABLED_CIPHER_SUITES",
+        "listener.ssl.config.enabled_cipher_suites",
+        Str(),
+        "",
+        "Comma-separated TLS 1.2 cipher suites (IANA/Java or OpenSSL names); empty = defaults",
+    ),
+    Setting(
+        "LISTENER_SSL_CREDENTIALS_TYPE",
+        "listener.ssl.config.credentials.type",
+        Choice(("PEM", "KEYSTORE")),
+        "PEM",
+        "Where the server certificate and key come from: PEM files or a Java keystore",
+    ),
+    Setting(
+        "LISTENER_SSL_PEM_CERT",
+        "listener.ssl.config.credentials.pem.cert_file",
+        Str(),
+        "mqttserver.pem",
+        "Server certificate or chain (PEM); may also hold the private key",
+    ),
+    Setting(
+        "LISTENER_SSL_PEM_KEY",
+        "listener.ssl.config.credentials.pem.key_file",
+        Str(),
+        "mqttserver_key.pem",
+        "Server private key (PEM); read only when the certificate file holds no key",
+    ),
+    Setting(
+        "LISTENER_SSL_PEM_KEY_PASSWORD",
+        "listener.ssl.config.credentials.pem.key_password",
+        Str(),
+        "server_key_password",
+        "Password of an encrypted PEM private key (PKCS#8 or traditional RSA/EC)",
+    ),
+    Setting(
+        "LISTENER_SSL_KEY_STORE_TYPE",
+        "listener.ssl.config.credentials.keystore.type",
+        Choice(("JKS", "PKCS12")),
+        "JKS",
+        "Keystore format: JKS or PKCS12 (read without a JDK)",
+    ),
+    Setting(
+        "LISTENER_SSL_KEY_STORE",
+        "listener.ssl.config.credentials.keystore.store_file",
+        Str(),
+        "mqttserver.jks",
+        "Keystore holding the server key and certificate chain",
+    ),
+    Setting(
+        "LISTENER_SSL_KEY_STORE_PASSWORD",
+        "listener.ssl.config.credentials.keystore.store_password",
+        Str(),
+        "server_ks_password",
+        "Password of the keystore",
+    ),
+    Setting(
+        "LISTENER_SSL_KEY_ALIAS",
+        "listener.ssl.config.credentials.keystore.key_alias",
+        Str(),
+        "",
+        "Alias of the server key in the keystore; empty = the first key entry that opens",
+    ),
+    Setting(
+        "LISTENER_SSL_KEY_PASSWORD",
+        "listener.ssl.config.credentials.keystore.key_password",
+        Str(),
+        "server_key_password",
+        "Password of the server key inside the keystore",
+    ),
+    Setting(
+        "LISTENER_SSL_TRUSTSTORE",
+        "listener.ssl.config.truststore.store_file",
+        Str(),
+        "",
+        "Trust anchors for client certificates (PEM bundle, JKS or PKCS12); when set, it "
+        "alone decides which client certificates are trusted",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_TRUSTSTORE_TYPE",
+        "listener.ssl.config.truststore.type",
+        Choice(("PEM", "JKS", "PKCS12")),
+        "PEM",
+        "Format of LISTENER_SSL_TRUSTSTORE",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_TRUSTSTORE_PASSWORD",
+        "listener.ssl.config.truststore.store_password",
+        Str(),
+        "",
+        "Password of a JKS or PKCS12 truststore",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_CLIENT_AUTH",
+        "listener.ssl.config.client_auth",
+        Choice(("NONE", "REQUESTED", "REQUIRED")),
+        "REQUESTED",
+        "Client certificates: NONE (not asked), REQUESTED (optional) or REQUIRED",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_CRL",
+        "listener.ssl.config.crl_file",
+        Str(),
+        "",
+        "PEM certificate revocation list(s); a revoked client certificate fails the handshake",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_RELOAD_INTERVAL_SEC",
+        "listener.ssl.config.reload_interval_sec",
+        Int(0, 86_400),
+        "60",
+        "Seconds between checks for changed TLS files (also reloaded on SIGHUP); 0 = off",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "TLS_HANDSHAKE_TIMEOUT_SEC",
+        "listener.tls_handshake_timeout_sec",
+        Int(1, 600),
+        "10",
+        "Seconds a client may take to complete the TLS handshake",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WS_ENABLED",
+        "listener.ws.enabled",
+        Bool(),
+        "true",
+        "Enable the MQTT over WebSocket listener",
+    ),
+    Setting(
+        "LISTENER_WS_BIND_ADDRESS",
+        "listener.ws.bind_address",
+        Host(),
+        "0.0.0.0",
+        "Address the MQTT over WebSocket listener binds to",
+    ),
+    Setting(
+        "LISTENER_WS_BIND_PORT",
+        "listener.ws.bind_port",
+        _PORT,
+        "8084",
+        "Port the MQTT over WebSocket listener binds to; 0 picks any free port",
+    ),
+    Setting(
+        "WS_NETTY_SUB_PROTOCOLS",
+        "listener.ws.netty.sub_protocols",
+        TokenList(),
+        "mqttv3.1,mqtt",
+        "WebSocket subprotocols the WS listener accepts; a client offering none is refused",
+    ),
+    Setting(
+        "WS_NETTY_MAX_PAYLOAD_SIZE",
+        "listener.ws.netty.max_payload_size",
+        Int(16, 268_435_460),
+        "65536",
+        "Largest WebSocket frame payload and MQTT packet in bytes accepted on the WS listener",
+    ),
+    Setting(
+        "WS_PATH",
+        "listener.ws.path",
+        UrlPath(),
+        "/mqtt",
+        "URL path of the MQTT endpoint on the WS listener (other paths get 404)",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_ENABLED",
+        "listener.wss.enabled",
+        Bool(),
+        "false",
+        "Enable the MQTT over WebSocket Secure (WSS) listener",
+    ),
+    Setting(
+        "LISTENER_WSS_BIND_ADDRESS",
+        "listener.wss.bind_address",
+        Host(),
+        "0.0.0.0",
+        "Address the WSS listener binds to",
+    ),
+    Setting(
+        "LISTENER_WSS_BIND_PORT",
+        "listener.wss.bind_port",
+        _PORT,
+        "8085",
+        "Port the WSS listener binds to; 0 picks any free port",
+    ),
+    Setting(
+        "WSS_NETTY_SUB_PROTOCOLS",
+        "listener.wss.netty.sub_protocols",
+        TokenList(),
+        "mqttv3.1,mqtt",
+        "WebSocket subprotocols the WSS listener accepts; a client offering none is refused",
+    ),
+    Setting(
+        "WSS_NETTY_MAX_PAYLOAD_SIZE",
+        "listener.wss.netty.max_payload_size",
+        Int(16, 268_435_460),
+        "65536",
+        "Largest WebSocket frame payload and MQTT packet in bytes accepted on the WSS listener",
+    ),
+    Setting(
+        "WSS_PATH",
+        "listener.wss.path",
+        UrlPath(),
+        "/mqtt",
+        "URL path of the MQTT endpoint on the WSS listener (other paths get 404)",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_PROTOCOL",
+        "listener.wss.config.protocol",
+        TlsProtocol(),
+        "TLSv1.2",
+        "WSS: lowest TLS version accepted: TLSv1.2 (1.2 and 1.3) or TLSv1.3",
+    ),
+    Setting(
+        "LISTENER_WSS_ENABLED_CIPHER_SUITES",
+        "listener.wss.config.enabled_cipher_suites",
+        Str(),
+        "",
+        "WSS: comma-separated TLS 1.2 cipher suites (IANA/Java or OpenSSL names); empty = defaults",
+    ),
+    Setting(
+        "LISTENER_WSS_CREDENTIALS_TYPE",
+        "listener.wss.config.credentials.type",
+        Choice(("PEM", "KEYSTORE")),
+        "PEM",
+        "WSS: where the server certificate and key come from: PEM files or a Java keystore",
+    ),
+    Setting(
+        "LISTENER_WSS_PEM_CERT",
+        "listener.wss.config.credentials.pem.cert_file",
+        Str(),
+        "ws_mqtt_server.pem",
+        "WSS: server certificate or chain (PEM); may also hold the private key",
+    ),
+    Setting(
+        "LISTENER_WSS_PEM_KEY",
+        "listener.wss.config.credentials.pem.key_file",
+        Str(),
+        "ws_mqtt_server_key.pem",
+        "WSS: server private key (PEM); read only when the certificate file holds no key",
+    ),
+    Setting(
+        "LISTENER_WSS_PEM_KEY_PASSWORD",
+        "listener.wss.config.credentials.pem.key_password",
+        Str(),
+        "ws_server_key_password",
+        "WSS: password of an encrypted PEM private key",
+    ),
+    Setting(
+        "LISTENER_WSS_KEY_STORE_TYPE",
+        "listener.wss.config.credentials.keystore.type",
+        Choice(("JKS", "PKCS12")),
+        "JKS",
+        "WSS: keystore format: JKS or PKCS12",
+    ),
+    Setting(
+        "LISTENER_WSS_KEY_STORE",
+        "listener.wss.config.credentials.keystore.store_file",
+        Str(),
+        "ws_mqtt_server.jks",
+        "WSS: keystore holding the server key and certificate chain",
+    ),
+    Setting(
+        "LISTENER_WSS_KEY_STORE_PASSWORD",
+        "listener.wss.config.credentials.keystore.store_password",
+        Str(),
+        "ws_server_ks_password",
+        "WSS: password of the keystore",
+    ),
+    Setting(
+        "LISTENER_WSS_KEY_ALIAS",
+        "listener.wss.config.credentials.keystore.key_alias",
+        Str(),
+        "",
+        "WSS: alias of the server key in the keystore; empty = the first key entry that opens",
+    ),
+    Setting(
+        "LISTENER_WSS_KEY_PASSWORD",
+        "listener.wss.config.credentials.keystore.key_password",
+        Str(),
+        "ws_server_key_password",
+        "WSS: password of the server key inside the keystore",
+    ),
+    Setting(
+        "LISTENER_WSS_TRUSTSTORE",
+        "listener.wss.config.truststore.store_file",
+        Str(),
+        "",
+        "WSS: trust anchors for client certificates (PEM bundle, JKS or PKCS12); when set, "
+        "it alone decides which client certificates are trusted",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_TRUSTSTORE_TYPE",
+        "listener.wss.config.truststore.type",
+        Choice(("PEM", "JKS", "PKCS12")),
+        "PEM",
+        "Format of LISTENER_WSS_TRUSTSTORE",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_TRUSTSTORE_PASSWORD",
+        "listener.wss.config.truststore.store_password",
+        Str(),
+        "",
+        "WSS: password of a JKS or PKCS12 truststore",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_CLIENT_AUTH",
+        "listener.wss.config.client_auth",
+        Choice(("NONE", "REQUESTED", "REQUIRED")),
+        "REQUESTED",
+        "WSS: client certificates: NONE (not asked), REQUESTED (optional) or REQUIRED",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_CRL",
+        "listener.wss.config.crl_file",
+        Str(),
+        "",
+        "WSS: PEM certificate revocation list(s); a revoked client certificate fails the handshake",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_RELOAD_INTERVAL_SEC",
+        "listener.wss.config.reload_interval_sec",
+        Int(0, 86_400),
+        "60",
+        "WSS: seconds between checks for changed TLS files (also reloaded on SIGHUP); 0 = off",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "WS_ALLOWED_ORIGINS",
+        "listener.websocket.allowed_origins",
+        OriginList(),
+        "",
+        "WS and WSS: browser origins allowed to connect (others get 403); empty = any",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "WS_TRUSTED_PROXIES",
+        "listener.websocket.trusted_proxies",
+        CidrList(),
+        "",
+        "WS and WSS: proxies whose X-Forwarded-For / X-Real-IP headers give the client address",
+        pytbmq_only=True,
     ),
     Setting(
         "MQTT_CONNECT_TIMEOUT_SEC",
@@ -399,6 +888,41 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds allowed for a graceful shutdown",
         pytbmq_only=True,
     ),
+    Setting(
+        "MQTT_PERSISTENT_SESSION_DEVICE_PERSISTED_MESSAGES_TTL",
+        "mqtt.persistent-session.device.persisted-messages.ttl",
+        Int(1, 4_294_967_295),
+        "604800",
+        "Seconds a message may wait in the queue of an offline DEVICE persistent session",
+    ),
+    Setting(
+        "MQTT_PERSISTENT_SESSION_APP_PERSISTED_MESSAGES_LIMIT",
+        # TBMQ keeps APPLICATION sessions' messages in Kafka topics and has no such limit;
+        # the path mirrors its device.persisted-messages.limit.
+        "mqtt.persistent-session.app.persisted-messages.limit",
+        Int(1, 10_000_000),
+        "100000",
+        "Most messages queued for one APPLICATION persistent session",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "PYTBMQ_STORAGE",
+        "pytbmq.storage.type",
+        Choice(("sqlite", "memory")),
+        "sqlite",
+        "Where sessions, queued messages and retained messages are kept: sqlite (durable, "
+        "in PYTBMQ_DATA_DIR) or memory (lost at exit)",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "PYTBMQ_STORAGE_SYNC",
+        "pytbmq.storage.sync",
+        Choice(("NORMAL", "FULL")),
+        "NORMAL",
+        "SQLite synchronous mode: NORMAL survives a crash of the broker, FULL also a power "
+        "loss (slower)",
+        pytbmq_only=True,
+    ),
 )
 
 
@@ -413,6 +937,59 @@ class Settings:
     listener_tcp_bind_address: str
     listener_tcp_bind_port: int
     tcp_netty_max_payload_size: int
+    listener_ssl_enabled: bool
+    listener_ssl_bind_address: str
+    listener_ssl_bind_port: int
+    ssl_netty_max_payload_size: int
+    listener_ssl_protocol: str
+    listener_ssl_enabled_cipher_suites: str
+    listener_ssl_credentials_type: str
+    listener_ssl_pem_cert: str
+    listener_ssl_pem_key: str
+    listener_ssl_pem_key_password: str
+    listener_ssl_key_store_type: str
+    listener_ssl_key_store: str
+    listener_ssl_key_store_password: str
+    listener_ssl_key_alias: str
+    listener_ssl_key_password: str
+    listener_ssl_truststore: str
+    listener_ssl_truststore_type: str
+    listener_ssl_truststore_password: str
+    listener_ssl_client_auth: str
+    listener_ssl_crl: str
+    listener_ssl_reload_interval_sec: int
+    tls_handshake_timeout_sec: int
+    listener_ws_enabled: bool
+    listener_ws_bind_address: str
+    listener_ws_bind_port: int
+    ws_netty_sub_protocols: str
+    ws_netty_max_payload_size: int
+    ws_path: str
+    listener_wss_enabled: bool
+    listener_wss_bind_address: str
+    listener_wss_bind_port: int
+    wss_netty_sub_protocols: str
+    wss_netty_max_payload_size: int
+    wss_path: str
+    listener_wss_protocol: str
+    listener_wss_enabled_cipher_suites: str
+    listener_wss_credentials_type: str
+    listener_wss_pem_cert: str
+    listener_wss_pem_key: str
+    listener_wss_pem_key_password: str
+    listener_wss_key_store_type: str
+    listener_wss_key_store: str
+    listener_wss_key_store_password: str
+    listener_wss_key_alias: str
+    listener_wss_key_password: str
+    listener_wss_truststore: str
+    listener_wss_truststore_type: str
+    listener_wss_truststore_password: str
+    listener_wss_client_auth: str
+    listener_wss_crl: str
+    listener_wss_reload_interval_sec: int
+    ws_allowed_origins: str
+    ws_trusted_proxies: str
     mqtt_connect_timeout_sec: int
     mqtt_max_in_flight_msgs: int
     mqtt_flow_control_mqtt_3x_receive_max: int
@@ -430,6 +1007,10 @@ class Settings:
     pytbmq_data_dir: Path
     pytbmq_log_level: str
     shutdown_timeout_sec: int
+    mqtt_persistent_session_device_persisted_messages_ttl: int
+    mqtt_persistent_session_app_persisted_messages_limit: int
+    pytbmq_storage: str
+    pytbmq_storage_sync: str
 
 
 # --------------------------------------------------------------------------- loading

@@ -15,8 +15,9 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pytbmq.errors import ProtocolError, ProtocolViolation, UnsupportedProtocolVersion
 from pytbmq.message import Message
@@ -50,13 +51,18 @@ from pytbmq.protocol.packets import (
 )
 from pytbmq.router import Router
 from pytbmq.session import Session
+from pytbmq.tls.diagnose import NO_CERTIFICATES, PeerCertificates
 from pytbmq.topics import validate_topic_name
+
+if TYPE_CHECKING:
+    from pytbmq.storage.committer import Committer
 
 log = logging.getLogger(__name__)
 
 _READ_BUFFER = bytearray(65536)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _PINGRESP = encode(PingResp(), 4)
+CLOSE_GRACE_SEC = 2.0  # how long a closing connection may take to flush before abort
 _V5 = 5
 
 
@@ -67,17 +73,24 @@ class LinkSettings:
     topic_alias_min_length: int = 50  # MQTT_TOPIC_MIN_LENGTH_FOR_ALIAS_REPLACEMENT
     write_high_water: int = 1280 * 1024  # NETTY_WRITE_BUFFER_HIGH_WATER_MARK
     write_low_water: int = 640 * 1024  # NETTY_WRITE_BUFFER_LOW_WATER_MARK
+    # TLS listeners: reads the client's certificate chain from the transport's ssl_object
+    peer_certificates: Callable[[Any], PeerCertificates] | None = None
 
 
 class Writer:
-    """Collects each link's outgoing bytes and writes them once per event-loop turn."""
+    """Collects each link's outgoing bytes and writes them once per event-loop turn.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    `gate` (set by the broker when the store is durable) holds acknowledgements until the
+    changes logged before them are committed (pytbmq.storage.committer).
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled", "gate")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[Link] = []
         self._scheduled = False
+        self.gate: Committer | None = None
 
     def mark(self, link: Link) -> None:
         self._dirty.append(link)
@@ -111,6 +124,7 @@ class Link(asyncio.BufferedProtocol):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_certificates = NO_CERTIFICATES  # verified client chain on TLS listeners
         self.session: Session | None = None
         self.client_id = ""
         self.version = 0  # protocol level, known once CONNECT is decoded
@@ -119,6 +133,7 @@ class Link(asyncio.BufferedProtocol):
         self._max_out: int | None = None
         self._pending = bytearray()
         self._out: list[bytes] = []
+        self._held: list[tuple[int, bytes]] = []  # (batch to commit first, bytes)
         self._marked = False
         self._paused = False
         self._closing = False
@@ -146,6 +161,9 @@ class Link(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(
             high=self.settings.write_high_water, low=self.settings.write_low_water
         )
+        reader = self.settings.peer_certificates
+        if reader is not None:
+            self.peer_certificates = reader(transport.get_extra_info("ssl_object"))
         self.registry.add(self)
         loop = asyncio.get_running_loop()
         self._last_rx = loop.time()
@@ -168,6 +186,9 @@ class Link(asyncio.BufferedProtocol):
             used = self._process(view)
             if used < nbytes and not self._closing:
                 pending += view[used:]
+        gate = self.writer.gate
+        if gate is not None:
+            gate.after_read()  # release what the store committed meanwhile
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -184,11 +205,8 @@ class Link(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         self._closing = True
-        session = self.session
-        if session is not None:
-            self.session = None
-            publish_will = not self._clean_close or self._publish_will
-            self.router.connection_lost(session, time.time(), publish_will)
+        self._held.clear()  # never sent: the client sends those packets again
+        self._detach()
         if self._connected:
             if exc is not None and self._disconnect_reason == "connection closed":
                 self._disconnect_reason = f"connection lost: {exc}"
@@ -250,7 +268,7 @@ class Link(asyncio.BufferedProtocol):
         elif isinstance(packet, PubRel):
             found = router.pubrel(session, packet.packet_id)
             code = 0 if found else ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-            self._write(encode(PubComp(packet.packet_id, code), self.version))  # [MQTT-4.3.3-11]
+            self._ack(encode(PubComp(packet.packet_id, code), self.version))  # [MQTT-4.3.3-11]
         elif isinstance(packet, PubComp):
             router.pubcomp(session, packet.packet_id, now)
         elif isinstance(packet, PingReq):
@@ -259,7 +277,7 @@ class Link(asyncio.BufferedProtocol):
             self._on_subscribe(session, packet, now)
         elif isinstance(packet, Unsubscribe):
             codes = router.unsubscribe(session, packet.topic_filters)
-            self._write(encode(UnsubAck(packet.packet_id, tuple(codes)), self.version))
+            self._ack(encode(UnsubAck(packet.packet_id, tuple(codes)), self.version))
         elif isinstance(packet, Disconnect):
             self._on_disconnect(session, packet)
         elif isinstance(packet, Connect):
@@ -308,9 +326,10 @@ class Link(asyncio.BufferedProtocol):
         self.session = session
         self._connected = True
         self._write(encode(replace(neg.connack, session_present=present), self.version))
+        subject = self.peer_certificates.leaf_subject()
         log.info(
             "client %s connected from %s (%s, MQTT %s, clean start %s, keep alive %ss, "
-            "session present %s)",
+            "session present %s%s)",
             neg.client_id,
             self.peer,
             self.listener,
@@ -318,6 +337,7 @@ class Link(asyncio.BufferedProtocol):
             connect.clean_start,
             neg.keep_alive,
             present,
+            f", certificate {subject}" if subject else "",
         )
         if neg.keep_alive:
             self._keep_alive = neg.keep_alive * 1.5  # [MQTT-3.1.2-22]
@@ -361,17 +381,17 @@ class Link(asyncio.BufferedProtocol):
                 reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
             assert pid is not None
-            self._write(encode(PubAck(pid, reason), self.version))
+            self._ack(encode(PubAck(pid, reason), self.version))
         elif qos == 2:
             assert pid is not None
             if reason >= 0x80:
                 self.router.pubrel(session, pid)
-            self._write(encode(PubRec(pid, reason), self.version))
+            self._ack(encode(PubRec(pid, reason), self.version))
 
     def _on_subscribe(self, session: Session, packet: Subscribe, now: float) -> None:
         v5 = self.version == _V5
         codes, retained = self.router.subscribe(session, packet, v5)
-        self._write(encode(SubAck(packet.packet_id, tuple(codes)), self.version))
+        self._ack(encode(SubAck(packet.packet_id, tuple(codes)), self.version))
         if retained:
             self.router.send_retained(session, retained, now)
 
@@ -452,6 +472,10 @@ class Link(asyncio.BufferedProtocol):
         size = len(head) + len(tail) + (2 if qos else 0)
         if self._max_out is not None and size > self._max_out:
             return False  # [MQTT-3.1.2-24]
+        if self._held:  # keep this connection's order behind a held acknowledgement
+            pid_bytes = packet_id.to_bytes(2, "big") if qos and packet_id is not None else b""
+            self._hold(head + pid_bytes + tail)
+            return True
         out = self._out
         out.append(head)
         if qos:
@@ -510,10 +534,58 @@ class Link(asyncio.BufferedProtocol):
         self._close()
 
     def _write(self, data: bytes) -> None:
+        if self._held:
+            self._hold(data)
+            return
         self._out.append(data)
         if not self._marked:
             self._marked = True
             self.writer.mark(self)
+
+    # ------------------------------------------------------------ acknowledgement gating
+    def _ack(self, data: bytes) -> None:
+        """Send an acknowledgement once every change logged before it is committed:
+        PUBACK / PUBREC mean the message is stored for every persistent session it
+        matched, PUBCOMP that the packet id is released, SUBACK that the subscription
+        is stored. Without a durable store, or with nothing uncommitted, it goes at once."""
+        gate = self.writer.gate
+        if gate is None or (not self._held and gate.idle()):
+            self._write(data)
+        else:
+            self._hold(data)
+
+    def _hold(self, data: bytes) -> None:
+        gate = self.writer.gate
+        assert gate is not None
+        held = self._held
+        target = gate.target()
+        if target <= gate.committed:  # everything logged so far is already durable
+            if held:
+                self.release(gate.committed)
+            self._out.append(data)
+            if not self._marked:
+                self._marked = True
+                self.writer.mark(self)
+            return
+        if not held or held[-1][0] != target:
+            gate.wait(self, target)
+        held.append((target, data))
+
+    def release(self, committed: int) -> None:
+        """Batches up to `committed` are durable: send what waited for them, in order."""
+        held = self._held
+        if not held or self._closing:
+            held.clear()
+            return
+        count = 0
+        for target, _data in held:
+            if target > committed:
+                break
+            count += 1
+        self._out.extend(data for _target, data in held[:count])
+        del held[:count]
+        if count:
+            self.flush()  # now, not a loop turn later: this runs once per commit
 
     def flush(self) -> None:
         self._marked = False
@@ -533,8 +605,28 @@ class Link(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         self.flush()
+        # The session goes offline now, not when the socket is finally gone: a will is
+        # not held back by a slow close, and new messages queue for the next connection.
+        self._detach()
         if self.transport is not None:
             self.transport.close()
+            # close() waits for unsent data (and for TLS, the peer's close_notify); a dead
+            # peer would hold the connection, and its will, for the OS's TCP timeout.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(CLOSE_GRACE_SEC, self._abort)
+
+    def _detach(self) -> None:
+        """Hand the session back to the router: it goes offline (and the will is due)."""
+        session = self.session
+        if session is not None:
+            self.session = None
+            publish_will = not self._clean_close or self._publish_will
+            self.router.connection_lost(session, time.time(), publish_will)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None and self in self.registry:
+            self.transport.abort()
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -3,8 +3,9 @@
 TCP (1883) uses asyncio's server. TLS (8883) runs its own accept loop so that every
 handshake gets the *current* SSLContext (certificates reload without a restart), a
 handshake timeout, and an explained log line when it fails: asyncio's own TLS server
-swallows handshake errors. WebSocket listeners will hand the same Link an unframed
-byte stream. Called by the broker (pytbmq.broker) only.
+swallows handshake errors. The WebSocket listeners are these two with
+pytbmq.wsadapter.WsAdapter as the protocol: WS (8084) on asyncio's server, WSS (8085) on
+the TLS accept loop. Called by the broker (pytbmq.broker) only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    name: str  # "tcp", later "ssl", "ws", "wss"
+    name: str  # "tcp", "ssl", "ws" or "wss"
     host: str
     port: int
     setting_prefix: str  # e.g. "LISTENER_TCP", to name settings in errors

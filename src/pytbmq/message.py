@@ -22,8 +22,10 @@ class Message:
         "payload",
         "properties",
         "qos",
+        "refs",
         "retain",
         "sender",
+        "store_id",
         "topic",
     )
 
@@ -45,6 +47,9 @@ class Message:
         self.properties = properties
         self.expires_at = expires_at  # wall-clock deadline from Message Expiry Interval
         self.sender = sender  # client id of the publisher, for No Local
+        # Set by the router while stored queue / in-flight rows refer to the message.
+        self.store_id = 0  # its id in the store's message table; 0 while not stored
+        self.refs = 0  # stored rows referring to it
         self._cache: dict[tuple[bool, int, bool, tuple[int, ...], int], tuple[bytes, bytes]] = {}
 
     @classmethod

@@ -4,15 +4,39 @@ Every method is synchronous, so each call is atomic on the event loop: links (th
 band) decode and check a packet, await any hook, then call the router. Time comes in as
 `now` (wall-clock seconds). Timed work (session expiry, delayed wills) is kept in a heap;
 the broker asks `next_deadline()` and calls `expire(now)` when it is due.
+
+With a durable store the broker calls `enable_changes()`: from then on every mutation of
+persistent state appends a record (pytbmq.changes) to `self.changes`, which the broker's
+Committer drains once per event-loop turn. Sessions that end with their connection
+(session expiry 0) never log anything. At start `restore()` rebuilds what the store loaded.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pytbmq.changes import (
+    IN_DEL,
+    IN_PUT,
+    MSG_DEL,
+    MSG_PUT,
+    OUT_DEL,
+    OUT_PUT,
+    PUBLISH_SENT,
+    PUBREL_SENT,
+    QUEUED,
+    RET_DEL,
+    RET_PUT,
+    SES_DEL,
+    SES_PUT,
+    SUB_DEL,
+    SUB_PUT,
+    Change,
+    StoredState,
+)
 from pytbmq.errors import ProtocolViolation
 from pytbmq.message import Message
 from pytbmq.protocol.packets import ReasonCode, Subscribe, Will
@@ -35,9 +59,14 @@ from pytbmq.topics import (
 log = logging.getLogger(__name__)
 
 
+APPLICATION = "APPLICATION"
+
+
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     queue_limit: int = 10000  # MQTT_PERSISTENT_SESSION_DEVICE_PERSISTED_MESSAGES_LIMIT
+    queue_limit_app: int = 100000  # MQTT_PERSISTENT_SESSION_APP_PERSISTED_MESSAGES_LIMIT
+    queue_ttl: float = 604800  # MQTT_PERSISTENT_SESSION_DEVICE_PERSISTED_MESSAGES_TTL (DEVICE)
     max_session_expiry: int = 604800  # MQTT_CLIENT_SESSION_EXPIRY_MAX_EXPIRY_INTERVAL
     root_wildcard_allowed: bool = True  # MQTT_SUBSCRIPTION_ROOT_MULTI_LVL_WILDCARD
     topic_max_segments: int = 0  # MQTT_TOPIC_MAX_SEGMENTS_COUNT, 0 = unlimited
@@ -49,6 +78,7 @@ class Counters:
     messages_dropped_qos0: int = 0
     messages_dropped_queue_full: int = 0
     messages_dropped_too_large: int = 0
+    messages_dropped_ttl: int = 0
     messages_expired: int = 0
 
 
@@ -68,6 +98,128 @@ class Router:
         self._expiry_at: dict[str, float] = {}
         self._pending_wills: dict[str, PendingWill] = {}
         self._timers: list[tuple[float, int, str]] = []
+        # The change log (None: no durable store, nothing is logged).
+        self.changes: list[Change] | None = None
+        self._on_change: Callable[[], None] | None = None
+        self._last_sid = 0  # ids handed out to stored sessions, rows and messages
+        self._last_row = 0
+        self._last_msg = 0
+
+    # ---------------------------------------------------------------- change log
+    def enable_changes(self, on_change: Callable[[], None] | None = None) -> None:
+        """Start logging changes; `on_change` is called when the log becomes non-empty."""
+        self.changes = []
+        self._on_change = on_change
+
+    def take_changes(self) -> list[Change]:
+        """The records logged since the last call, in order (the log is emptied)."""
+        changes = self.changes
+        if not changes:
+            return []
+        self.changes = []
+        return changes
+
+    def _log(self, record: Change) -> None:
+        changes = self.changes
+        assert changes is not None
+        if not changes and self._on_change is not None:
+            self._on_change()
+        changes.append(record)
+
+    def _log_session(self, session: Session) -> None:
+        if session.link is not None:
+            will, due = session.will, None
+        else:
+            pending = self._pending_wills.get(session.client_id)
+            will, due = (pending.will, pending.due) if pending is not None else (None, None)
+        self._log(
+            (
+                SES_PUT,
+                session.client_id,
+                session.sid,
+                session.protocol_version,
+                session.expiry_interval,
+                session.client_type,
+                session.disconnected_at,
+                will,
+                session.will_delay,
+                due,
+            )
+        )
+
+    def _store_session(self, session: Session) -> None:
+        """The session became persistent: write it whole, under a fresh sid."""
+        self._last_sid += 1
+        session.sid = self._last_sid
+        session.stored = True
+        self._log_session(session)
+        sid = session.sid
+        for full, opts in session.subscriptions.items():
+            self._log((SUB_PUT, sid, full, *_sub_fields(opts)))
+        for out in session.inflight_out.values():
+            self._log_out(session, out)
+        for out in session.queue:
+            self._log_out(session, out)
+        for pid in session.inflight_in:
+            self._log((IN_PUT, sid, pid))
+
+    def _unstore_session(self, session: Session) -> None:
+        """The session is gone from the store (ended, or no longer persistent)."""
+        session.stored = False
+        self._log((SES_DEL, session.client_id, session.sid))  # wipes every row of the sid
+        for out in session.inflight_out.values():
+            if out.row:
+                self._release(out, False)
+        for out in session.queue:
+            if out.row:
+                self._release(out, False)
+
+    def _log_out(self, session: Session, out: Outgoing) -> None:
+        """Write (or rewrite) the stored row of a queued or in-flight message.
+        On the path of every message to a persistent session: appends inline."""
+        changes = self.changes
+        assert changes is not None
+        if not changes and self._on_change is not None:
+            self._on_change()
+        msg = out.message
+        if not out.row:
+            self._last_row = out.row = self._last_row + 1
+            if not msg.store_id:
+                self._last_msg = msg.store_id = self._last_msg + 1
+                changes.append((MSG_PUT, msg.store_id, msg))
+            msg.refs += 1
+        pid = out.packet_id
+        changes.append(
+            (
+                OUT_PUT,
+                out.row,
+                session.sid,
+                msg.store_id,
+                out.qos,
+                out.retain,
+                out.sub_ids,
+                out.shared,
+                pid,
+                QUEUED if pid is None else PUBREL_SENT if out.awaiting_pubcomp else PUBLISH_SENT,
+                out.queued_at,
+            )
+        )
+
+    def _release(self, out: Outgoing, log_delete: bool = True) -> None:
+        """The stored row of `out` is gone; so is its message once nothing refers to it."""
+        changes = self.changes
+        assert changes is not None
+        if not changes and self._on_change is not None:
+            self._on_change()
+        if log_delete:
+            changes.append((OUT_DEL, out.row))
+        out.row = 0
+        msg = out.message
+        msg.refs -= 1
+        if msg.refs <= 0:
+            msg.refs = 0
+            changes.append((MSG_DEL, msg.store_id))
+            msg.store_id = 0
 
     # ---------------------------------------------------------------- connect
     def connect(
@@ -104,6 +256,14 @@ class Router:
         if session is None:
             session = Session(client_id, protocol_version, expiry_interval)
             self.sessions[client_id] = session
+        elif session.queue_drops:
+            log.warning(
+                "session %s: %d queued message(s) were dropped while it was offline "
+                "(queue limit reached)",
+                client_id,
+                session.queue_drops,
+            )
+            session.queue_drops = 0
         session.protocol_version = protocol_version
         session.expiry_interval = expiry_interval
         session.link = link
@@ -112,6 +272,14 @@ class Router:
         session.will_delay = 0
         if will is not None and will.properties.will_delay_interval:
             session.will_delay = will.properties.will_delay_interval
+        if self.changes is not None:
+            if expiry_interval > 0:
+                if session.stored:
+                    self._log_session(session)
+                else:
+                    self._store_session(session)
+            elif session.stored:
+                self._unstore_session(session)  # resumed with expiry 0: ends with the link
         return session, present
 
     def session_started(self, session: Session, now: float) -> None:
@@ -128,6 +296,8 @@ class Router:
                 out.message, out.qos, out.retain, out.sub_ids, pid, True, now
             ):
                 del session.inflight_out[pid]
+                if out.row:
+                    self._release(out)
         self._pump(session, now)
 
     def connection_lost(self, session: Session, now: float, publish_will: bool) -> None:
@@ -148,10 +318,13 @@ class Router:
         self._redistribute_shared(session, now)
         if session.expiry_interval == 0:
             self._end_session(session, now)  # [MQTT-3.1.2-6] [MQTT-4.1.0-2]
-        elif session.expiry_interval != NEVER_EXPIRES:
+            return
+        if session.expiry_interval != NEVER_EXPIRES:
             when = now + session.expiry_interval
             self._expiry_at[session.client_id] = when
             self._schedule(when, _EXPIRE, session.client_id)
+        if session.stored:
+            self._log_session(session)  # disconnect time, expiry, pending will
 
     def _end_session(self, session: Session, now: float) -> None:
         cid = session.client_id
@@ -165,6 +338,8 @@ class Router:
             self.subscriptions.remove(opts.topic_filter, cid, opts.group)
         session.subscriptions.clear()
         self._redistribute_shared(session, now)
+        if session.stored:
+            self._unstore_session(session)
         session.inflight_out.clear()
         session.queue.clear()
         session.inflight_in.clear()
@@ -191,6 +366,9 @@ class Router:
                 if pending is not None and pending.due == when:
                     del self._pending_wills[cid]
                     self._publish_will(cid, pending.will, now)
+                    owner = self.sessions.get(cid)
+                    if owner is not None and owner.stored:
+                        self._log_session(owner)
             elif self._expiry_at.get(cid) == when:
                 session = self.sessions.get(cid)
                 if session is not None and session.link is None:
@@ -204,8 +382,10 @@ class Router:
         if msg.retain:
             if msg.payload:
                 self.retained.set(msg.topic, msg)  # [MQTT-3.3.1-5]
-            else:
-                self.retained.delete(msg.topic)  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+                if self.changes is not None:
+                    self._log((RET_PUT, msg))
+            elif self.retained.delete(msg.topic) and self.changes is not None:
+                self._log((RET_DEL, msg.topic))  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
         subs, groups = self.subscriptions.match(msg.topic)
         matched = 0
         if len(subs) == 1:
@@ -277,7 +457,7 @@ class Router:
             else:
                 self.counters.messages_dropped_qos0 += 1
             return
-        out = Outgoing(msg, qos, retain, sub_ids, shared)
+        out = Outgoing(msg, qos, retain, sub_ids, shared, now)
         if (
             link is not None
             and not session.queue
@@ -287,18 +467,36 @@ class Router:
         else:
             queue = session.queue
             queue.append(out)
-            if len(queue) > self.config.queue_limit:
-                queue.popleft()
+            if session.stored:
+                self._log_out(session, out)
+            cfg = self.config
+            limit = cfg.queue_limit_app if session.client_type == APPLICATION else cfg.queue_limit
+            if len(queue) > limit:
+                dropped = queue.popleft()  # the oldest goes
                 self.counters.messages_dropped_queue_full += 1
+                if dropped.row:
+                    self._release(dropped)
+                if not session.queue_drops:
+                    log.warning(
+                        "session %s: queue full (%d messages), dropping the oldest "
+                        "(logged once until the client reconnects)",
+                        session.client_id,
+                        limit,
+                    )
+                session.queue_drops += 1
 
     def _send(self, session: Session, link: SessionLink, out: Outgoing, now: float) -> None:
         pid = session.allocate_packet_id()
         out.packet_id = pid
         if link.send_publish(out.message, out.qos, out.retain, out.sub_ids, pid, False, now):
             session.inflight_out[pid] = out
+            if session.stored:
+                self._log_out(session, out)
         else:
             out.packet_id = None
             self.counters.messages_dropped_too_large += 1  # [MQTT-3.1.2-25]
+            if out.row:
+                self._release(out)
 
     def _pump(self, session: Session, now: float) -> None:
         link = session.link
@@ -307,10 +505,18 @@ class Router:
         queue = session.queue
         inflight = session.inflight_out
         limit = link.receive_maximum
+        ttl = self.config.queue_ttl if session.client_type != APPLICATION else 0
         while queue and len(inflight) < limit:
             out = queue.popleft()
             if out.message.expired(now):  # [MQTT-3.3.2-5]
                 self.counters.messages_expired += 1
+                if out.row:
+                    self._release(out)
+                continue
+            if ttl and now - out.queued_at >= ttl:  # the persisted-messages TTL
+                self.counters.messages_dropped_ttl += 1
+                if out.row:
+                    self._release(out)
                 continue
             self._send(session, link, out, now)
 
@@ -324,6 +530,8 @@ class Router:
             target = self._other_member(out.shared, session.client_id)
             if target is not None:
                 del session.inflight_out[pid]
+                if out.row:
+                    self._release(out)
                 qos = min(out.qos, target.qos)
                 self._deliver(target.session, out.message, qos, False, out.sub_ids, out.shared, now)
         if not any(out.shared is not None for out in session.queue):
@@ -336,6 +544,8 @@ class Router:
             if target is None:
                 keep.append(out)
             else:
+                if out.row:
+                    self._release(out)
                 qos = min(out.qos, target.qos)
                 self._deliver(target.session, out.message, qos, False, out.sub_ids, out.shared, now)
         session.queue.clear()
@@ -360,6 +570,8 @@ class Router:
         out = session.inflight_out.get(packet_id)
         if out is not None and out.qos == 1:
             del session.inflight_out[packet_id]
+            if out.row:
+                self._release(out)
             self._pump(session, now)
 
     def pubrec(self, session: Session, packet_id: int, reason_code: int, now: float) -> bool:
@@ -369,9 +581,13 @@ class Router:
             return False
         if reason_code >= 0x80:  # [MQTT-4.3.3-?] an error PUBREC ends the exchange
             del session.inflight_out[packet_id]
+            if out.row:
+                self._release(out)
             self._pump(session, now)
             return True
         out.awaiting_pubcomp = True
+        if out.row:
+            self._log_out(session, out)  # now PUBREL_SENT: after a restart PUBREL is resent
         link = session.link
         if link is not None:
             link.send_pubrel(packet_id)  # [MQTT-4.3.3-4]
@@ -381,6 +597,8 @@ class Router:
         out = session.inflight_out.get(packet_id)
         if out is not None and out.awaiting_pubcomp:
             del session.inflight_out[packet_id]
+            if out.row:
+                self._release(out)
             self._pump(session, now)
 
     def qos2_received(self, session: Session, packet_id: int) -> bool:
@@ -389,6 +607,8 @@ class Router:
         if packet_id in session.inflight_in:
             return False
         session.inflight_in.add(packet_id)
+        if session.stored:
+            self._log((IN_PUT, session.sid, packet_id))
         return True
 
     def pubrel(self, session: Session, packet_id: int) -> bool:
@@ -397,6 +617,8 @@ class Router:
             session.inflight_in.remove(packet_id)
         except KeyError:
             return False
+        if session.stored:
+            self._log((IN_DEL, session.sid, packet_id))
         return True
 
     # ---------------------------------------------------------------- subscribe
@@ -442,6 +664,8 @@ class Router:
             existed = full in session.subscriptions
             session.subscriptions[full] = opts  # [MQTT-3.8.4-3] replaces
             self.subscriptions.add(topic_filter, session.client_id, opts, group)
+            if session.stored:
+                self._log((SUB_PUT, session.sid, full, *_sub_fields(opts)))
             codes.append(sub.qos)
             if group is not None:
                 continue  # no retained messages for shared subscriptions [MQTT-3.8.4-4]
@@ -462,6 +686,8 @@ class Router:
             if msg.expired(now):
                 if self.retained.get(msg.topic) is msg:
                     self.retained.delete(msg.topic)
+                    if self.changes is not None:
+                        self._log((RET_DEL, msg.topic))
                 continue
             self._deliver(session, msg, qos, True, ids, None, now)
 
@@ -473,6 +699,8 @@ class Router:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
                 continue
             self.subscriptions.remove(opts.topic_filter, session.client_id, opts.group)
+            if session.stored:
+                self._log((SUB_DEL, session.sid, full))
             codes.append(ReasonCode.SUCCESS)
         return codes
 
@@ -481,7 +709,108 @@ class Router:
         gone = [topic for topic, msg in self.retained.items() if msg.expired(now)]
         for topic in gone:
             self.retained.delete(topic)
+            if self.changes is not None:
+                self._log((RET_DEL, topic))
         return len(gone)
+
+    # ---------------------------------------------------------------- restore
+    def restore(self, state: StoredState, now: float) -> None:
+        """Rebuild what a store loaded, before any client connects.
+
+        Sessions come back disconnected; their in-flight messages are resent with DUP
+        when the client returns ([MQTT-4.4.0-1], in `session_started`). Expiry continues
+        from the stored wall-clock times: a session that expired while the broker was
+        down is ended, a pending will that fell due is published. A session that was
+        connected when the broker stopped counts as disconnected now, and its will (if
+        any) is handled as for a connection closed without DISCONNECT [MQTT-3.1.2-8].
+        """
+        for msg in state.retained:
+            if msg.expired(now):
+                if self.changes is not None:
+                    self._log((RET_DEL, msg.topic))
+            else:
+                self.retained.set(msg.topic, msg)
+        cfg = self.config
+        for stored in state.sessions:
+            cid = stored.client_id
+            session = Session(cid, stored.protocol_version, stored.expiry_interval, stored.sid)
+            session.client_type = stored.client_type
+            session.stored = self.changes is not None
+            session.disconnected_at = stored.disconnected_at
+            session.will_delay = stored.will_delay
+            self.sessions[cid] = session
+            self._last_sid = max(self._last_sid, stored.sid)
+            for sub in stored.subscriptions:
+                group, topic_filter = parse_shared(sub.topic_filter)
+                opts = SubOptions(
+                    session,
+                    topic_filter,
+                    group,
+                    sub.qos,
+                    sub.no_local,
+                    sub.retain_as_published,
+                    sub.retain_handling,
+                    sub.sub_id,
+                )
+                session.subscriptions[sub.topic_filter] = opts
+                self.subscriptions.add(topic_filter, cid, opts, group)
+            for so in stored.outgoing:
+                msg = so.message
+                out = Outgoing(msg, so.qos, so.retain, so.sub_ids, so.shared, so.queued_at)
+                self._last_row = max(self._last_row, so.row)
+                self._last_msg = max(self._last_msg, msg.store_id)
+                if session.stored:
+                    out.row = so.row
+                    msg.refs += 1
+                pid = so.packet_id
+                if so.state != QUEUED and pid is not None and pid not in session.inflight_out:
+                    out.packet_id = pid
+                    out.awaiting_pubcomp = so.state == PUBREL_SENT
+                    session.inflight_out[pid] = out
+                else:
+                    session.queue.append(out)
+            limit = cfg.queue_limit_app if session.client_type == APPLICATION else cfg.queue_limit
+            while len(session.queue) > limit:
+                dropped = session.queue.popleft()
+                self.counters.messages_dropped_queue_full += 1
+                if dropped.row:
+                    self._release(dropped)
+            session.inflight_in.update(stored.inflight_in)
+        # Time moved on while the broker was down: wills first, then expiry.
+        for stored in state.sessions:
+            cid = stored.client_id
+            session = self.sessions[cid]
+            will = stored.will
+            if stored.disconnected_at is None:
+                session.disconnected_at = now  # connected when the broker stopped
+                if will is not None:
+                    delay = min(stored.will_delay, session.expiry_interval)
+                    self._restore_will(cid, will, now + delay, now)
+            elif will is not None and stored.will_due is not None:
+                self._restore_will(cid, will, stored.will_due, now)
+        for stored in state.sessions:
+            session = self.sessions[stored.client_id]
+            if session.expiry_interval != NEVER_EXPIRES:
+                when = (session.disconnected_at or now) + session.expiry_interval
+                if when <= now:
+                    log.info("session %s expired while the broker was down", session.client_id)
+                    self._end_session(session, now)
+                    continue
+                self._expiry_at[session.client_id] = when
+                self._schedule(when, _EXPIRE, session.client_id)
+            if session.stored and (stored.disconnected_at is None or stored.will is not None):
+                self._log_session(session)  # disconnect time; the will is pending or gone
+
+    def _restore_will(self, client_id: str, will: Will, due: float, now: float) -> None:
+        if due <= now:
+            self._publish_will(client_id, will, now)
+        else:
+            self._pending_wills[client_id] = PendingWill(will, due)
+            self._schedule(due, _WILL, client_id)
+
+
+def _sub_fields(opts: SubOptions) -> tuple[int, bool, bool, int, int | None]:
+    return (opts.qos, opts.no_local, opts.retain_as_published, opts.retain_handling, opts.sub_id)
 
 
 def _online(_cid: str, opts: SubOptions) -> bool:

@@ -87,7 +87,17 @@ class SubOptions:
 class Outgoing:
     """A QoS 1/2 message for a session: queued (packet_id None) or in flight."""
 
-    __slots__ = ("awaiting_pubcomp", "message", "packet_id", "qos", "retain", "shared", "sub_ids")
+    __slots__ = (
+        "awaiting_pubcomp",
+        "message",
+        "packet_id",
+        "qos",
+        "queued_at",
+        "retain",
+        "row",
+        "shared",
+        "sub_ids",
+    )
 
     def __init__(
         self,
@@ -96,6 +106,7 @@ class Outgoing:
         retain: bool,
         sub_ids: tuple[int, ...],
         shared: tuple[str, str] | None,
+        queued_at: float,
     ) -> None:
         self.message = message
         self.qos = qos
@@ -104,6 +115,8 @@ class Outgoing:
         self.shared = shared  # (group, filter) when it came through a shared subscription
         self.packet_id: int | None = None
         self.awaiting_pubcomp = False  # PUBREC received, PUBREL sent
+        self.queued_at = queued_at  # wall-clock time it was handed to the session (TTL)
+        self.row = 0  # its row in the store; 0 while not stored (non-persistent session)
 
 
 @dataclass(slots=True)
@@ -126,13 +139,21 @@ class Session:
         "next_packet_id",
         "protocol_version",
         "queue",
+        "queue_drops",
+        "sid",
+        "stored",
         "subscriptions",
         "will",
         "will_delay",
     )
 
-    def __init__(self, client_id: str, protocol_version: int, expiry_interval: int) -> None:
+    def __init__(
+        self, client_id: str, protocol_version: int, expiry_interval: int, sid: int = 0
+    ) -> None:
         self.client_id = client_id
+        self.sid = sid  # identifies this incarnation of the session in the store
+        self.stored = False  # persisted: a durable store and a session expiry > 0
+        self.queue_drops = 0  # messages dropped from a full queue since the last log line
         self.client_type = "DEVICE"
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval

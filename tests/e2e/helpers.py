@@ -12,6 +12,7 @@ import queue
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .rawmqtt import RawClient
+from .wsclient import WsRawClient
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 
@@ -43,6 +45,11 @@ PROTOCOLS = {3: mqtt.MQTTv31, 4: mqtt.MQTTv311, 5: mqtt.MQTTv5}
 
 #: Parametrize a test over MQTT 3.1.1 and MQTT 5 (``version`` argument: 4 or 5).
 both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+
+#: How clients reach the broker: plain MQTT, MQTT over WebSocket, over WebSocket Secure.
+TRANSPORTS = ("tcp", "ws", "wss")
+#: Path of the broker's MQTT-over-WebSocket endpoint (WS_PATH / WSS_PATH defaults).
+WS_PATH = "/mqtt"
 
 
 def uid() -> str:
@@ -325,13 +332,22 @@ class MqttClient:
         client_id: str | None = None,
         clean_session: bool | None = None,
         manual_ack: bool = False,
+        transport: str = "tcp",
+        ca: Path | None = None,
+        cert: tuple[Path, Path] | None = None,
     ) -> None:
+        """``transport`` is ``tcp`` (the broker's port), ``ws`` or ``wss`` (its WebSocket
+        listeners, path /mqtt); ``ca`` is the CA file that verifies the WSS listener and
+        ``cert`` the (certificate, key) files a wss client presents."""
         self.broker = broker
         self.version = version
+        self.transport = transport
         self.client_id = uid() if client_id is None else client_id
         kwargs: dict[str, Any] = {}
         if version != V5:
             kwargs["clean_session"] = True if clean_session is None else clean_session
+        if transport != "tcp":
+            kwargs["transport"] = "websockets"
         self.paho = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -340,6 +356,17 @@ class MqttClient:
             manual_ack=manual_ack,
             **kwargs,
         )
+        if transport != "tcp":
+            self.paho.ws_set_options(path=WS_PATH)
+        if transport == "wss":
+            assert ca is not None, "a wss client needs the CA file of the test PKI"
+            self.paho.tls_set(
+                ca_certs=str(ca),
+                certfile=str(cert[0]) if cert else None,
+                keyfile=str(cert[1]) if cert else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.disconnects: queue.Queue[Disconnect] = queue.Queue()
         self._connacks: queue.Queue[Connack | None] = queue.Queue()
@@ -429,7 +456,8 @@ class MqttClient:
         if self.version == V5:
             kwargs["clean_start"] = clean_start
             kwargs["properties"] = properties
-        self.paho.connect(self.broker.host, self.broker.port, keepalive, **kwargs)
+        port = self.broker.port if self.transport == "tcp" else self.broker.ports[self.transport]
+        self.paho.connect(self.broker.host, port, keepalive, **kwargs)
         self.paho.loop_start()
         self._loop_running = True
         try:
@@ -573,6 +601,7 @@ class MqttClient:
         mark = self.broker.log_mark()
         sock = self.paho.socket()
         assert sock is not None, "not connected"
+        sock = getattr(sock, "_socket", sock)  # paho's WebSocket wrapper holds the socket
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         assert self.gone.wait(timeout), f"{self.client_id}: abort did not complete"
@@ -602,13 +631,20 @@ class MqttClient:
 
 
 class ClientPool:
-    """Creates clients for a test and closes all of them at teardown."""
+    """Creates clients for a test and closes all of them at teardown.
 
-    def __init__(self) -> None:
+    ``transport`` (tcp, ws or wss) is how its paho and raw clients reach the broker;
+    ``ca`` verifies the WSS listener's certificate."""
+
+    def __init__(self, transport: str = "tcp", ca: Path | None = None) -> None:
+        self.transport = transport
+        self.ca = ca
         self._clients: list[MqttClient] = []
         self._raws: list[RawClient] = []
 
     def new(self, broker: BrokerProcess, version: int = V5, **kwargs: Any) -> MqttClient:
+        kwargs.setdefault("transport", self.transport)
+        kwargs.setdefault("ca", self.ca)
         client = MqttClient(broker, version, **kwargs)
         self._clients.append(client)
         return client
@@ -621,6 +657,8 @@ class ClientPool:
         client_id: str | None = None,
         clean_session: bool | None = None,
         manual_ack: bool = False,
+        transport: str | None = None,
+        ca: Path | None = None,
         **connect_kwargs: Any,
     ) -> MqttClient:
         client = self.new(
@@ -629,12 +667,22 @@ class ClientPool:
             client_id=client_id,
             clean_session=clean_session,
             manual_ack=manual_ack,
+            transport=transport or self.transport,
+            ca=ca or self.ca,
         )
         client.connect(**connect_kwargs)
         return client
 
     def raw(self, broker: BrokerProcess, version: int = 4) -> RawClient:
-        raw = RawClient(broker.host, broker.port, version)
+        raw: RawClient
+        if self.transport == "tcp":
+            raw = RawClient(broker.host, broker.port, version)
+        else:
+            ctx = None
+            if self.transport == "wss":
+                ctx = ssl.create_default_context(cafile=str(self.ca))
+            port = broker.ports[self.transport]
+            raw = WsRawClient(broker.host, port, version, ssl_context=ctx, path=WS_PATH)
         self._raws.append(raw)
         return raw
 

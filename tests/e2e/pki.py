@@ -506,6 +506,21 @@ def tls_env(pki: Pki, **overrides: Any) -> dict[str, Any]:
     return env
 
 
+def wss_env(pki: Pki, **overrides: Any) -> dict[str, Any]:
+    """Environment of a broker with the WSS listener on 127.0.0.1:0, configured like
+    :func:`tls_env` (serverChain.pem and a separate key)."""
+    env: dict[str, Any] = {
+        "LISTENER_WSS_ENABLED": "true",
+        "LISTENER_WSS_BIND_ADDRESS": "127.0.0.1",
+        "LISTENER_WSS_BIND_PORT": "0",
+        "LISTENER_WSS_CREDENTIALS_TYPE": "PEM",
+        "LISTENER_WSS_PEM_CERT": str(pki.server_chain_pem),
+        "LISTENER_WSS_PEM_KEY": str(pki.server_key),
+    }
+    env.update(overrides)
+    return env
+
+
 def ssl_port(broker: BrokerProcess) -> int:
     assert "ssl" in broker.ports, (
         f"the broker logged no 'listener ssl bound to' line: {broker.ports}\n{broker.tail()}"

@@ -10,6 +10,9 @@ from paho.mqtt.packettypes import PacketTypes
 from . import rawmqtt as rm
 from .helpers import V5, V311, both_versions, props, uid
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 @both_versions
 def test_new_session_has_session_present_false(broker, clients, version):

@@ -10,6 +10,9 @@ import pytest
 from . import rawmqtt as rm
 from .helpers import V5, both_versions, roundtrip_ok, uid, wait_until_elapsed
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 def _assert_only_keepalive_disconnect(packets, version):
     if version == V5:

@@ -16,6 +16,9 @@ import pytest
 from . import rawmqtt as rm
 from .helpers import V5, both_versions, roundtrip_ok, uid
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 MALFORMED = {0x81}
 PROTOCOL_ERROR = {0x82}
 
@@ -24,7 +27,7 @@ PROTOCOL_ERROR = {0x82}
 
 
 @both_versions
-def test_oversize_packet_closes_only_that_client(start_broker, clients, version):
+def test_oversize_packet_closes_only_that_client(start_broker, clients, version, transport):
     broker = start_broker(TCP_NETTY_MAX_PAYLOAD_SIZE=1024)
     topic = f"big/{uid()}"
     bystander = clients.connected(broker, version)
@@ -36,7 +39,10 @@ def test_oversize_packet_closes_only_that_client(start_broker, clients, version)
         assert connack.prop(rm.MAXIMUM_PACKET_SIZE) == 1024
     raw.try_send(rm.publish(topic, b"x" * 4000, qos=1, packet_id=1, version=version))
     packets = raw.read_until_closed()
-    if version == V5:
+    if transport != "tcp":  # the WebSocket frame is refused first, as in TBMQ
+        assert packets == []
+        assert raw.ws.close_frame is not None and raw.ws.close_frame.close_code == 1009
+    elif version == V5:
         assert [(p.type, p.reason) for p in packets] == [(rm.DISCONNECT, 0x95)]
     else:
         assert packets == []

@@ -20,6 +20,9 @@ from .helpers import (
     wait_until_elapsed,
 )
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 def pub_props(**values):
     return props(PacketTypes.PUBLISH, **values)

@@ -7,6 +7,9 @@ import pytest
 from . import rawmqtt as rm
 from .helpers import V5, V311, both_versions, roundtrip_ok, topics_payloads, uid
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 @both_versions
 @pytest.mark.parametrize("sub_qos", [0, 1, 2], ids=lambda q: f"sub{q}")

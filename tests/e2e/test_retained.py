@@ -7,6 +7,9 @@ from paho.mqtt.packettypes import PacketTypes
 
 from .helpers import V5, V311, both_versions, props, uid
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 @both_versions
 @pytest.mark.parametrize(("pub_qos", "sub_qos"), [(0, 0), (1, 1), (2, 2), (2, 0), (1, 2)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from . import rawmqtt as rm
@@ -17,6 +18,9 @@ from .helpers import (
     uid,
     wait_until_elapsed,
 )
+
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
 
 
 def connect_session(clients, broker, version, client_id, *, clean=False, expiry=300, **kwargs):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import queue
 from collections import Counter
 
+import pytest
+
 from .helpers import both_versions, uid
+
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
 
 
 def _collect_into(shared: queue.Queue, members) -> None:

@@ -10,6 +10,9 @@ from paho.mqtt.packettypes import PacketTypes
 from . import rawmqtt as rm
 from .helpers import V5, V311, both_versions, props, session_props, uid, wait_until_elapsed
 
+#: Every scenario also runs over MQTT-over-WebSocket (ws) and WebSocket Secure (wss).
+pytestmark = pytest.mark.transports
+
 
 def _observer(clients, broker, version, topic, qos=2):
     observer = clients.connected(broker, version)

@@ -294,6 +294,12 @@ class WsRawClient(RawClient):
     def send(self, data: bytes) -> None:
         self.ws.send_binary(data)
 
+    def shutdown_write(self) -> None:
+        """Half-close; over TLS there is none: SSLSocket.shutdown() drops the TLS layer and
+        later reads would return raw records, so the client just stops sending."""
+        if not isinstance(self.sock, ssl.SSLSocket):
+            super().shutdown_write()
+
     def try_send(self, data: bytes) -> bool:
         try:
             self.ws.send_binary(data)

@@ -43,7 +43,7 @@ _KEY_LABELS = {
 
 @dataclass(frozen=True)
 class TlsListenerConfig:
-    """The TLS settings of one listener ("ssl" for MQTTS; "wss" later), by role."""
+    """The TLS settings of one listener ("ssl" for MQTTS, "wss" for WSS), by role."""
 
     name: str  # listener name, "ssl"
     prefix: str  # env prefix of its settings, "LISTENER_SSL"
