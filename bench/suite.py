@@ -83,6 +83,7 @@ class Broker:
     label: str
     supports: Callable[[str], bool]  # transport -> can this broker serve it
     launch: Callable[[Path, dict[str, int]], Launch]  # ports: transport -> port
+    listed_only: bool = False  # runs only in scenarios that name it in `brokers`
 
 
 @dataclass(frozen=True)
@@ -210,12 +211,18 @@ def launch_pytbmq(workdir: Path, ports: dict[str, int]) -> Launch:
     return Launch([str(pytbmq_python()), "-m", "pytbmq"], clean_env(env))
 
 
-def mosquitto_launcher(nodelay: bool) -> Callable[[Path, dict[str, int]], Launch]:
+def mosquitto_launcher(
+    nodelay: bool, persist: bool = False
+) -> Callable[[Path, dict[str, int]], Launch]:
     def launch(workdir: Path, ports: dict[str, int]) -> Launch:
         conf = workdir / "mosquitto.conf"
         lines = ["allow_anonymous true"]
         if nodelay:
             lines.append("set_tcp_nodelay true")
+        if persist:
+            # Mosquitto keeps sessions in memory and writes mosquitto.db on autosave
+            # (default every 1800 s) and at shutdown; it does not write per message.
+            lines += ["persistence true", f"persistence_location {workdir}/"]
         if "tcp" in ports:
             lines.append(f"listener {ports['tcp']} 127.0.0.1")
         if "tls" in ports:
@@ -258,6 +265,14 @@ BROKERS: dict[str, Broker] = {
         Broker("mosquitto", "Mosquitto", tcp_tls, mosquitto_launcher(nodelay=False)),
         Broker("mosquitto-nodelay", "Mosquitto nodelay", tcp_tls, mosquitto_launcher(True)),
         Broker("amqtt", "amqtt", tcp_tls, launch_amqtt),
+        # Only for the persistent-session scenario: nodelay plus `persistence true`.
+        Broker(
+            "mosquitto-persist",
+            "Mosquitto nodelay persist",
+            tcp_tls,
+            mosquitto_launcher(True, persist=True),
+            listed_only=True,
+        ),
     )
 }
 REFERENCE = "mosquitto-nodelay"
@@ -376,12 +391,13 @@ class Scenario:
     brokers: tuple[str, ...] | None = None  # None: every broker
 
     def runs_on(self, broker: Broker) -> bool:
-        return broker.supports(self.transport) and (
-            self.brokers is None or broker.key in self.brokers
-        )
+        listed = not broker.listed_only if self.brokers is None else broker.key in self.brokers
+        return broker.supports(self.transport) and listed
 
 
 PAIRS = ("--pub", "10", "--sub", "10", "-t", "bench/%r/%i")
+# Connection-storm size per transport where it differs from TCP's 1000 clients.
+STORM_CLIENTS = {"tls": 200, "wss": 200}
 
 
 def scenarios(transports: Sequence[str]) -> list[Scenario]:
@@ -412,6 +428,13 @@ def scenarios(transports: Sequence[str]) -> list[Scenario]:
         Scenario(
             "pairs-q1", "10 pairs QoS 1", "throughput", 1, (*PAIRS, "-q", "1"),
             quick=True, drain=5.0,
+        ),
+        # Issue 7: persistent sessions (clean session off; pytbmq on its SQLite store,
+        # Mosquitto with `persistence true`), to set beside `pairs-q1` of the same run.
+        Scenario(
+            "pairs-q1-persistent", "10 pairs QoS 1, persistent sessions", "throughput", 1,
+            (*PAIRS, "-q", "1", "--no-clean", "--session-expiry", "300"), drain=5.0,
+            brokers=("pytbmq", "mosquitto-persist"),
         ),
         Scenario("pairs-q2", "10 pairs QoS 2", "throughput", 2, (*PAIRS, "-q", "2"), drain=5.0),
         Scenario(
@@ -454,20 +477,27 @@ def scenarios(transports: Sequence[str]) -> list[Scenario]:
         for sc in base:
             if transport == "tcp":
                 out.append(sc)
-            else:
-                out.append(
-                    Scenario(
-                        f"{sc.key}-{transport}",
-                        sc.title,
-                        sc.kind,
-                        sc.qos,
-                        sc.args,
-                        transport,
-                        sc.quick,
-                        sc.drain,
-                        sc.brokers,
-                    )
+                continue
+            title, args = sc.title, sc.args
+            n = STORM_CLIENTS.get(transport)
+            if sc.kind == "storm" and n:
+                # Issue 3: the storm is 1000 TCP clients but 200 TLS clients (handshakes).
+                i = args.index("--connections") + 1
+                args = (*args[:i], str(n), *args[i + 1 :])
+                title = title.replace("1000 clients", f"{n} clients")
+            out.append(
+                Scenario(
+                    f"{sc.key}-{transport}",
+                    title,
+                    sc.kind,
+                    sc.qos,
+                    args,
+                    transport,
+                    sc.quick,
+                    sc.drain,
+                    sc.brokers,
                 )
+            )
     return out
 
 
@@ -953,6 +983,11 @@ class Report:
         def find(key: str) -> Scenario | None:
             return next((s for s in self.scs if s.key == key), None)
 
+        def vs(v: float | None, ref: float | None) -> str:
+            if not v or not ref:
+                return EN
+            return f"{v / ref:.2f}{TIMES} ({fmt_rate(v)} vs {fmt_rate(ref)} msg/s)"
+
         def verdict(ok: bool | None) -> str:
             return "not run" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
@@ -980,6 +1015,31 @@ class Report:
             shown = f"{v / ref:.2f}{TIMES} ({fmt_ms(v)} vs {fmt_ms(ref)} ms)" if v and ref else EN
             what = f"{sc.title}: p99 ≤ 3{TIMES} Mosquitto nodelay"
             out.append(f"| {what} | {shown} | {verdict(ok)} |")
+        # Issue 8: TLS QoS 1 pairs against pytbmq's own plain-TCP figure of the same run.
+        tcp_sc, tls_sc = find("pairs-q1"), find("pairs-q1-tls")
+        if tls_sc is not None:
+            v = med(self.of(tls_sc, "pytbmq"), "rate")
+            ref = med(self.of(tcp_sc, "pytbmq"), "rate") if tcp_sc else None
+            ok = None if v is None or not ref else v / ref >= 0.6
+            shown = vs(v, ref)
+            out.append(
+                f"| TLS 10 pairs QoS 1 ≥ 0.6{TIMES} pytbmq's own plain TCP figure | "
+                f"{shown} | {verdict(ok)} |"
+            )
+        # Issue 7: persistent sessions against pytbmq's own non-persistent pairs-q1.
+        p_sc = find("pairs-q1-persistent")
+        if p_sc is not None:
+            v = med(self.of(p_sc, "pytbmq"), "rate")
+            ref = med(self.of(tcp_sc, "pytbmq"), "rate") if tcp_sc else None
+            mq = med(self.of(p_sc, "mosquitto-persist"), "rate")
+            ok = None if v is None or not ref else v / ref >= 0.5
+            shown = vs(v, ref)
+            if v and mq:
+                shown += f"; {v / mq:.2f}{TIMES} Mosquitto nodelay persist ({fmt_rate(mq)} msg/s)"
+            out.append(
+                f"| 10 pairs QoS 1, persistent sessions ≥ 0.5{TIMES} pytbmq non-persistent (aim) | "
+                f"{shown} | {verdict(ok)} |"
+            )
         sc = find("idle")
         rs = self.of(sc, "pytbmq") if sc else []
         kb, p99 = med(rs, "rss_kb_per_conn"), med(rs, "probe_lat_p99_ms")
@@ -1244,8 +1304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick = bool(args.quick)
     scs = [s for s in all_scs if s.quick] if quick else all_scs
     if args.only:
-        keys = {k.strip() for k in args.only.split(",")}
-        unknown = keys - {s.key for s in all_scs}
+        asked = {k.strip() for k in args.only.split(",")}
+        # A TCP key (e.g. `storm`) also selects its rows on every other --transports.
+        keys = asked | {f"{k}-{t}" for k in asked for t in transports}
+        known = {s.key for s in all_scs}
+        unknown = {k for k in asked if not ({k} | {f"{k}-{t}" for t in transports}) & known}
         if unknown:
             print(
                 f"unknown scenario(s): {', '.join(sorted(unknown))} (see --list)", file=sys.stderr
