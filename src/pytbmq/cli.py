@@ -1,7 +1,7 @@
-"""The `pytbmq` command line: `run` (the default), `settings` and `data export|import`
-(pytbmq.storage.transfer).
+"""The `pytbmq` command line: `run` (the default), `settings`, `data export|import`
+(pytbmq.storage.transfer), and `certs`, `keystore`, `tls check` (pytbmq.tls.tooling).
 
-Later releases add their commands here (credentials, certs, keystore, tls check).
+Later releases add their commands here (credentials, blocked, unauthorized).
 Errors the user can fix (ConfigError) are printed as one clear message and exit 2; a
 store that cannot be used (StorageError) exits 1.
 """
