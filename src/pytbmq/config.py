@@ -46,6 +46,7 @@ __all__ = [
     "Int",
     "Kind",
     "PathKind",
+    "ProviderOrder",
     "Setting",
     "Settings",
     "Str",
@@ -317,6 +318,32 @@ class CidrList(Kind):
 
 
 # --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ProviderOrder(Kind):
+    """Authentication providers in the order they are tried: names from `choices`, each once."""
+
+    choices: tuple[str, ...]
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def parse(self, raw: str) -> tuple[str, ...]:
+        names: list[str] = []
+        canon = {c.casefold(): c for c in self.choices}
+        canon.update({a.casefold(): c for a, c in self.aliases})
+        for part in raw.split(","):
+            word = part.strip().casefold()
+            if not word:
+                continue
+            if word not in canon or canon[word] in names:
+                raise ValueError(raw)
+            names.append(canon[word])
+        if not names:
+            raise ValueError(raw)
+        return tuple(names)
+
+    def expected(self) -> str:
+        return "a comma-separated order of " + ", ".join(self.choices) + ", each at most once"
 
 
 @dataclass(frozen=True)
@@ -923,6 +950,108 @@ SETTINGS: tuple[Setting, ...] = (
         "loss (slower)",
         pytbmq_only=True,
     ),
+    Setting(
+        "SECURITY_MQTT_BASIC_ENABLED",
+        # TBMQ 2.1's path; TBMQ 2.2+ keeps providers in its database and reads this only to
+        # seed them on upgrade (tbmq-reference §3.2).
+        "security.mqtt.basic.enabled",
+        Bool(),
+        "false",
+        "Enable the MQTT Basic provider: client id / username / password credentials",
+    ),
+    Setting(
+        "SECURITY_MQTT_BASIC_STRATEGY",
+        "security.mqtt.basic.auth_strategy",
+        Choice(("CLIENT_ID_AND_USERNAME", "CLIENT_ID", "USERNAME")),
+        "CLIENT_ID_AND_USERNAME",
+        "Which credentials ids MQTT Basic looks up: username, client id and both "
+        "(CLIENT_ID_AND_USERNAME), or only one of them",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SECURITY_MQTT_SSL_ENABLED",
+        "security.mqtt.ssl.enabled",
+        Bool(),
+        "false",
+        "Enable the X.509 certificate chain provider (TLS listeners only)",
+    ),
+    Setting(
+        "SECURITY_MQTT_SSL_SKIP_VALIDITY_CHECK_FOR_CLIENT_CERT",
+        "security.mqtt.ssl.skip_validity_check_for_client_cert",
+        Bool(),
+        "false",
+        "Accept client certificates outside their validity dates, at the TLS handshake "
+        "and in the X.509 provider",
+    ),
+    Setting(
+        "SECURITY_MQTT_SSL_CN_MATCH",
+        "security.mqtt.ssl.cn_match",
+        Choice(("FIND", "FULL")),
+        "FIND",
+        "How X.509 CN patterns match: FIND (TBMQ: anywhere in the CN) or FULL (the whole CN)",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SECURITY_MQTT_SCRAM_ENABLED",
+        "security.mqtt.scram.enabled",
+        Bool(),
+        "false",
+        "Enable SCRAM-SHA-256/512 enhanced authentication for MQTT 5 clients",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SECURITY_MQTT_AUTH_PRIORITY",
+        "security.mqtt.auth_priority",
+        ProviderOrder(("BASIC", "X_509"), (("MQTT_BASIC", "BASIC"), ("SSL", "X_509"))),
+        "BASIC,X_509",
+        "Order in which the enabled providers are tried; the first that finds the client decides",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SECURITY_MQTT_AUTH_STRATEGY",
+        "security.mqtt.auth_strategy",
+        Choice(("BOTH", "SINGLE")),
+        "BOTH",
+        "BOTH: every enabled provider on every listener; SINGLE: only X.509 on TLS "
+        "listeners and only MQTT Basic on the others (TBMQ 2.1)",
+    ),
+    Setting(
+        "CACHE_SPECS_BASIC_CREDENTIALS_PASSWORD_TTL",
+        "cache.specs.basicCredentialsPassword.timeToLiveInMinutes",
+        Int(0, 1440),
+        "1",
+        "Minutes a verified MQTT Basic password is remembered (in memory, as a keyed "
+        "hash) so reconnects skip the slow hash; 0 disables",
+    ),
+    Setting(
+        "SECURITY_UNAUTH_CLIENTS_ENABLED",
+        "security.mqtt.unauthorized_clients.enabled",
+        Bool(),
+        "true",
+        "Record refused CONNECTs and failed client-certificate handshakes "
+        "(`pytbmq unauthorized list`)",
+    ),
+    Setting(
+        "SQL_TTL_UNAUTHORIZED_CLIENT_TTL",
+        "sql.ttl.unauthorized_client.ttl",
+        Int(0, 2**31 - 1),
+        "259200",
+        "Seconds an unauthorized-client record is kept; 0 keeps them until cleared",
+    ),
+    Setting(
+        "BLOCKED_CLIENT_CLEANUP_PERIOD_MINUTES",
+        "mqtt.blocked-client.cleanup.period",
+        Int(1, 10080),
+        "5",
+        "Minutes between removals of expired blocked-client entries",
+    ),
+    Setting(
+        "BLOCKED_CLIENT_CLEANUP_TTL_MINUTES",
+        "mqtt.blocked-client.cleanup.ttl",
+        Int(0, 2**31 - 1),
+        "10080",
+        "Minutes an expired blocked-client entry is kept before it is removed",
+    ),
 )
 
 
@@ -1011,6 +1140,19 @@ class Settings:
     mqtt_persistent_session_app_persisted_messages_limit: int
     pytbmq_storage: str
     pytbmq_storage_sync: str
+    security_mqtt_basic_enabled: bool
+    security_mqtt_basic_strategy: str
+    security_mqtt_ssl_enabled: bool
+    security_mqtt_ssl_skip_validity_check_for_client_cert: bool
+    security_mqtt_ssl_cn_match: str
+    security_mqtt_scram_enabled: bool
+    security_mqtt_auth_priority: tuple[str, ...]
+    security_mqtt_auth_strategy: str
+    cache_specs_basic_credentials_password_ttl: int
+    security_unauth_clients_enabled: bool
+    sql_ttl_unauthorized_client_ttl: int
+    blocked_client_cleanup_period_minutes: int
+    blocked_client_cleanup_ttl_minutes: int
 
 
 # --------------------------------------------------------------------------- loading

@@ -186,6 +186,10 @@ def _load_cert_chain(ctx: ssl.SSLContext, material: ServerMaterial) -> None:
     )
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the ssl module has no name for it.
+X509_V_FLAG_NO_CHECK_TIME = ssl.VerifyFlags(0x200000)
+
+
 def build_context(cfg: TlsListenerConfig, material: ServerMaterial) -> ssl.SSLContext:
     """A server SSLContext for this listener; TlsConfigError if the settings cannot work."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -234,6 +238,8 @@ def build_context(cfg: TlsListenerConfig, material: ServerMaterial) -> ssl.SSLCo
             ctx.load_verify_locations(cadata=_pem(material.trust))
         # Any trusted certificate is an anchor, as in TBMQ (Java PKIX), not only roots.
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        if cfg.skip_client_cert_validity:
+            ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         if material.crls:
             crl_pem = "".join(
                 c.public_bytes(serialization.Encoding.PEM).decode() for c in material.crls

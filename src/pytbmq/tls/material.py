@@ -65,6 +65,9 @@ class TlsListenerConfig:
     crl: str
     reload_interval: int
     handshake_timeout: int
+    # SECURITY_MQTT_SSL_SKIP_VALIDITY_CHECK_FOR_CLIENT_CERT: client certificates outside
+    # their validity dates pass the handshake (the X.509 provider skips dates too)
+    skip_client_cert_validity: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str) -> TlsListenerConfig:
@@ -92,6 +95,7 @@ class TlsListenerConfig:
             crl=get("crl"),
             reload_interval=get("reload_interval_sec"),
             handshake_timeout=settings.tls_handshake_timeout_sec,
+            skip_client_cert_validity=settings.security_mqtt_ssl_skip_validity_check_for_client_cert,
         )
 
     def var(self, suffix: str) -> str:
