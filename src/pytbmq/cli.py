@@ -1,7 +1,7 @@
 """The `pytbmq` command line: `run` (the default), `settings`, `data export|import`
-(pytbmq.storage.transfer), and `certs`, `keystore`, `tls check` (pytbmq.tls.tooling).
+(pytbmq.storage.transfer), `certs`, `keystore`, `tls check` (pytbmq.tls.tooling), and
+`credentials`, `blocked`, `unauthorized` (pytbmq.auth.tooling, the security database).
 
-Later releases add their commands here (credentials, blocked, unauthorized).
 Errors the user can fix (ConfigError) are printed as one clear message and exit 2; a
 store that cannot be used (StorageError) exits 1.
 """
@@ -9,7 +9,9 @@ store that cannot be used (StorageError) exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,10 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     from pytbmq.tls.tooling import add_parsers as add_tls_tooling  # certs, keystore, tls
 
     add_tls_tooling(sub)
+    from pytbmq.auth.tooling import add_parsers as add_auth_tooling  # credentials, blocked...
+
+    add_auth_tooling(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `pytbmq credentials list | head`: the reader went away
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     if command == "settings":
@@ -73,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.pytbmq_log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if command in ("credentials", "blocked", "unauthorized"):
+        from pytbmq.auth.tooling import run as run_auth_tooling
+
+        return run_auth_tooling(args, settings.pytbmq_data_dir)
     if command == "data":
         from pytbmq.storage.transfer import run_data_command
 

@@ -1,9 +1,10 @@
 """Client-credentials model in TBMQ's JSON shape, credential ids and password hashing.
 
 Owns parsing and validating `{"name", "clientType", "credentialsType",
-"credentialsValue"}` documents (MQTT_BASIC, X_509, SCRAM), the credential ids TBMQ stores
-and looks up (`username|u`, `client_id|id`, `mixed|u|id`, `ssl|CN`), and password hashing
-and verification. The credentials store, the REST/CLI tooling and CONNECT authentication
+"credentialsValue"}` documents (MQTT_BASIC, X_509, SCRAM) and writing them back
+(`credentials_to_document`, with or without secrets), the credential ids TBMQ stores and
+looks up (`username|u`, `client_id|id`, `mixed|u|id`, `ssl|CN`, `scram|u`), and password
+hashing and verification. The credentials store, the REST/CLI tooling and CONNECT authentication
 will call this module; it performs no I/O.
 
 Passwords are never kept in clear: a clear password is hashed with scrypt into
@@ -112,13 +113,26 @@ class MqttClientCredentials:
 
     @property
     def credentials_id(self) -> str | None:
-        """The id TBMQ stores for exact lookup; None for regex X.509 and SCRAM (not done)."""
+        """The id TBMQ stores for exact lookup (`username|u`, `client_id|id`, `mixed|u|id`,
+        `ssl|CN`, `scram|u`); None for regex X.509 credentials (matched by pattern)."""
         v = self.value
         if isinstance(v, BasicCredentials):
             return basic_credentials_id(v.client_id, v.user_name)
-        if isinstance(v, X509Credentials) and not v.cert_cn_is_regex:
+        if isinstance(v, ScramCredentials):
+            return scram_credentials_id(v.user_name)
+        if not v.cert_cn_is_regex:
             return ssl_credentials_id(v.cert_cn_pattern)
         return None
+
+    @property
+    def unique_key(self) -> str:
+        """What must be unique among stored credentials: the credentials id, or
+        `ssl_regex|<pattern>` for regex X.509 credentials."""
+        cid = self.credentials_id
+        if cid is not None:
+            return cid
+        assert isinstance(self.value, X509Credentials)
+        return f"ssl_regex|{self.value.cert_cn_pattern}"
 
 
 # --- credential ids -----------------------------------------------------------------
@@ -138,6 +152,10 @@ def mixed_credentials_id(user_name: str, client_id: str) -> str:
 
 def ssl_credentials_id(common_name: str) -> str:
     return f"ssl|{common_name}"
+
+
+def scram_credentials_id(user_name: str) -> str:
+    return f"scram|{user_name}"
 
 
 def basic_credentials_id(client_id: str | None, user_name: str | None) -> str:
@@ -465,3 +483,65 @@ def parse_credentials(
     else:
         value = _parse_scram(raw)
     return MqttClientCredentials(name, client_type, ctype, value)
+
+
+# --- serialization ------------------------------------------------------------------
+
+SECRET_MASK = "***"
+
+
+def _rules_document(rules: PubSubPatterns) -> dict[str, list[str] | None]:
+    return {
+        "pubAuthRulePatterns": None if rules.pub is None else list(rules.pub),
+        "subAuthRulePatterns": None if rules.sub is None else list(rules.sub),
+    }
+
+
+def credentials_value_document(
+    value: CredentialsValue, *, include_secrets: bool = True
+) -> dict[str, Any]:
+    """The `credentialsValue` object (before it is encoded as a JSON string)."""
+    if isinstance(value, BasicCredentials):
+        password = value.password_hash
+        if password is not None and not include_secrets:
+            password = SECRET_MASK
+        return {
+            "clientId": value.client_id,
+            "userName": value.user_name,
+            "password": password,
+            "authRules": _rules_document(value.auth_rules),
+        }
+    if isinstance(value, X509Credentials):
+        return {
+            "certCnPattern": value.cert_cn_pattern,
+            "certCnIsRegex": value.cert_cn_is_regex,
+            "authRulesMapping": {key: _rules_document(r) for key, r in value.auth_rules_mapping},
+        }
+    doc: dict[str, Any] = {"userName": value.user_name, "algorithm": str(value.algorithm)}
+    if include_secrets:
+        doc["salt"] = _b64e(value.salt)
+    doc["iterations"] = value.iterations
+    if include_secrets:
+        doc["storedKey"] = _b64e(value.stored_key)
+        doc["serverKey"] = _b64e(value.server_key)
+    doc["authRules"] = _rules_document(value.auth_rules)
+    return doc
+
+
+def credentials_to_document(
+    cred: MqttClientCredentials, *, include_secrets: bool = True
+) -> dict[str, Any]:
+    """TBMQ's `{"name", "clientType", "credentialsType", "credentialsValue"}` document.
+
+    `credentialsValue` is a JSON string. With secrets it holds the stored password hash
+    (MQTT_BASIC) or salt/storedKey/serverKey (SCRAM), so
+    `parse_credentials(doc, password_is_hash=True) == cred`. Without secrets a set
+    password shows as `***` and the SCRAM keys and salt are left out.
+    """
+    value = credentials_value_document(cred.value, include_secrets=include_secrets)
+    return {
+        "name": cred.name,
+        "clientType": str(cred.client_type),
+        "credentialsType": str(cred.credentials_type),
+        "credentialsValue": json.dumps(value),
+    }

@@ -163,7 +163,7 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
 
 
 # MIGRATIONS[n] turns a schema n-1 database into schema n (run inside one transaction).
-# The auth issue adds credentials, blocked and unauthorized-client tables as version 2.
+# Credentials, blocked and unauthorized clients live in security.db (storage/security.py).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
 _OUR_TABLES = frozenset(
     {"meta", "session", "subscription", "message", "outgoing", "inflight_in", "retained"}
