@@ -24,10 +24,11 @@ from pytbmq.protocol.connection import Limits
 from pytbmq.protocol.packets import ReasonCode
 from pytbmq.protocol.websocket import WsPolicy
 from pytbmq.router import Router, RouterConfig
+from pytbmq.security import Security, warn_if_open
 from pytbmq.storage import Store, make_store
 from pytbmq.storage.committer import Committer
 from pytbmq.tls.context import TlsContextHolder
-from pytbmq.tls.diagnose import ChainCache, HandshakeStats
+from pytbmq.tls.diagnose import CLIENT_CERTIFICATE_FAILURES, ChainCache, HandshakeStats
 from pytbmq.tls.material import TlsListenerConfig
 from pytbmq.wsadapter import WsAdapter, WsSettings, parse_networks
 
@@ -47,8 +48,11 @@ def router_config(settings: Settings) -> RouterConfig:
     )
 
 
-def link_settings(settings: Settings, max_packet_size: int) -> LinkSettings:
+def link_settings(
+    settings: Settings, max_packet_size: int, security: Security | None = None
+) -> LinkSettings:
     return LinkSettings(
+        security=security,
         limits=Limits(
             max_packet_size=max_packet_size,
             receive_maximum=settings.mqtt_max_in_flight_msgs,
@@ -90,6 +94,8 @@ class Broker:
         self.tls: dict[str, TlsContextHolder] = {}
         self.handshakes: dict[str, HandshakeStats] = {}
         self._tls_watchers: list[asyncio.Task[None]] = []
+        self.security = Security(settings)
+        self._names: dict[int, str] = {}  # id(asyncio server) -> listener name
         self._writer: Writer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -106,19 +112,21 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._writer = writer = Writer(loop)
         await self._open_store(loop, writer)
+        await self.security.start()
+        security = self.security
         Factory = Callable[[], asyncio.BaseProtocol]
         specs: list[tuple[ListenerSpec, Factory]] = []
         if s.listener_tcp_enabled:
             spec = ListenerSpec(
                 "tcp", s.listener_tcp_bind_address, s.listener_tcp_bind_port, "LISTENER_TCP"
             )
-            lsettings = link_settings(s, s.tcp_netty_max_payload_size)
+            lsettings = link_settings(s, s.tcp_netty_max_payload_size, security)
             specs.append((spec, self._factory(writer, lsettings, spec.name)))
         if s.listener_ws_enabled:
             spec = ListenerSpec(
                 "ws", s.listener_ws_bind_address, s.listener_ws_bind_port, "LISTENER_WS"
             )
-            lsettings = link_settings(s, s.ws_netty_max_payload_size)
+            lsettings = link_settings(s, s.ws_netty_max_payload_size, security)
             specs.append((spec, self._ws_factory(writer, lsettings, ws_settings(s, "ws"))))
         tls_specs: list[tuple[ListenerSpec, Factory, TlsContextHolder]] = []
         for name, enabled in (("ssl", s.listener_ssl_enabled), ("wss", s.listener_wss_enabled)):
@@ -130,7 +138,7 @@ class Broker:
             max_size = (
                 s.ssl_netty_max_payload_size if name == "ssl" else s.wss_netty_max_payload_size
             )
-            lsettings = link_settings(s, max_size)
+            lsettings = link_settings(s, max_size, security)
             lsettings = replace(lsettings, peer_certificates=ChainCache().peer_certificates)
             spec = ListenerSpec(
                 name,
@@ -154,20 +162,42 @@ class Broker:
         for spec, factory in specs:
             server = await start_listener(spec, factory)
             self.servers.append(server)
+            self._names[id(server)] = spec.name
         for spec, factory, holder in tls_specs:
             stats = self.handshakes.setdefault(spec.name, HandshakeStats())
-            listener = TlsListener(spec, holder, factory, stats)
+            listener = TlsListener(spec, holder, factory, stats, self._tls_failed)
             await listener.start()
             self.servers.append(listener)
             if holder.cfg.reload_interval > 0:
                 self._tls_watchers.append(loop.create_task(self._watch_tls(holder)))
         self._ticker = loop.create_task(self._tick())
+        warn_if_open(security.config, self._addresses())
         log.info(
             "pytbmq ready: %d listener(s), store %s, data dir %s",
             len(self.servers),
             self.store.name,
             s.pytbmq_data_dir,
         )
+
+    def _addresses(self) -> list[tuple[str, str]]:
+        """(listener name, host:port) of every open listener."""
+        out: list[tuple[str, str]] = []
+        for server in self.servers:
+            if isinstance(server, TlsListener):
+                name, socks = server.spec.name, server.sockets
+            else:
+                name, socks = self._names.get(id(server), "?"), list(server.sockets)
+            for sock in socks:
+                host, port = sock.getsockname()[:2]
+                out.append((name, f"{host}:{port}"))
+        return out
+
+    def _tls_failed(self, address: str, key: str, words: str) -> None:
+        """A handshake failed because of the client's certificate: an unauthorized client."""
+        if key in CLIENT_CERTIFICATE_FAILURES:
+            self.security.record_unauthorized(
+                "", address, None, False, True, f"TLS handshake: {words}"
+            )
 
     async def _open_store(self, loop: asyncio.AbstractEventLoop, writer: Writer) -> None:
         """Open the store and restore what it holds; with a durable store, log the
@@ -281,6 +311,7 @@ class Broker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         await self._flush_store()  # disconnect times and pending wills of the last links
+        await self.security.stop()
         try:
             await self.store.close()
         except Exception as exc:

@@ -19,6 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from pytbmq.auth.credentials import ScramAlgorithm, ScramCredentials, compiled_rules
+from pytbmq.auth.rules import AuthRules, can_publish, can_subscribe
+from pytbmq.auth.scram import ScramError, ScramServer
+from pytbmq.auth.service import NEED_SLOW, SCRAM_METHODS, AuthRequest, AuthResult
 from pytbmq.errors import ProtocolError, ProtocolViolation, UnsupportedProtocolVersion
 from pytbmq.message import Message
 from pytbmq.protocol.codec import decode, encode, encode_publish_parts
@@ -55,6 +59,7 @@ from pytbmq.tls.diagnose import NO_CERTIFICATES, PeerCertificates
 from pytbmq.topics import validate_topic_name
 
 if TYPE_CHECKING:
+    from pytbmq.security import Security
     from pytbmq.storage.committer import Committer
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ _READ_VIEW = memoryview(_READ_BUFFER)
 _PINGRESP = encode(PingResp(), 4)
 CLOSE_GRACE_SEC = 2.0  # how long a closing connection may take to flush before abort
 _V5 = 5
+_RULE_CACHE_MAX = 1024  # topics (and filters) whose authorization a link remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,8 @@ class LinkSettings:
     write_low_water: int = 640 * 1024  # NETTY_WRITE_BUFFER_LOW_WATER_MARK
     # TLS listeners: reads the client's certificate chain from the transport's ssl_object
     peer_certificates: Callable[[Any], PeerCertificates] | None = None
+    # Authentication and authorization; None only in tests that drive links directly
+    security: Security | None = None
 
 
 class Writer:
@@ -124,6 +132,7 @@ class Link(asyncio.BufferedProtocol):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.address = "?"  # the client's IP address, for blocked clients and records
         self.peer_certificates = NO_CERTIFICATES  # verified client chain on TLS listeners
         self.session: Session | None = None
         self.client_id = ""
@@ -147,6 +156,14 @@ class Link(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._connected = False
         self._negotiated: Negotiated | None = None
+        # authentication
+        self.client_type = "DEVICE"
+        self._rules: AuthRules | None = None  # None: no restriction
+        self._pub_allowed: dict[str, bool] = {}
+        self._authenticating = False  # CONNECT waits for a decision; packets wait too
+        self._auth_method: str | None = None  # MQTT 5 enhanced authentication in use
+        self._scram: ScramServer | None = None  # an exchange in progress
+        self._pending_connect: tuple[Connect, Negotiated] | None = None
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,6 +171,7 @@ class Link(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.address = str(peer[0])
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # not a TCP socket
@@ -228,7 +246,7 @@ class Link(asyncio.BufferedProtocol):
         offset = 0
         end = len(buf)
         try:
-            while offset < end and not self._closing:
+            while offset < end and not self._closing and not self._authenticating:
                 result = decode(buf, self.version, self._max_in, offset)
                 if result is None:
                     break
@@ -247,9 +265,14 @@ class Link(asyncio.BufferedProtocol):
     def _handle(self, packet: Packet) -> None:
         session = self.session
         if session is None:
-            if isinstance(packet, Connect):
+            if isinstance(packet, Connect) and self._pending_connect is None:
                 self._on_connect(packet)
                 return
+            if isinstance(packet, Auth) and self._scram is not None:
+                self._on_connect_auth(packet)
+                return
+            if isinstance(packet, Connect):
+                raise ProtocolViolation("second CONNECT")  # [MQTT-3.1.0-2]
             raise ProtocolViolation("first packet is not CONNECT")  # [MQTT-3.1.0-1]
         now = time.time()
         router = self.router
@@ -283,10 +306,11 @@ class Link(asyncio.BufferedProtocol):
         elif isinstance(packet, Connect):
             raise ProtocolViolation("second CONNECT")  # [MQTT-3.1.0-2]
         elif isinstance(packet, Auth):
-            raise ProtocolViolation("AUTH without an authentication method")  # [MQTT-4.12.0-1]
+            self._on_reauth(packet)
         else:
             raise ProtocolViolation(f"{type(packet).__name__} is not sent by clients")
 
+    # ------------------------------------------------------------ CONNECT and authentication
     def _on_connect(self, connect: Connect) -> None:
         self.version = connect.protocol_version
         self.client_id = connect.client_id
@@ -301,16 +325,260 @@ class Link(asyncio.BufferedProtocol):
                 neg, accepted=False, connack=ConnAck(False, ReasonCode.TOPIC_NAME_INVALID)
             )
         if not neg.accepted:
-            self._write(encode(neg.connack, self.version))
-            log.info(
-                "client %r from %s (MQTT %s) refused: %s",
-                connect.client_id,
-                self.peer,
-                _version_name(self.version),
-                ReasonCode(neg.connack.reason_code).name,
-            )
-            self._close()
+            self._refuse(connect, neg.connack.reason_code)
             return
+        security = self.settings.security
+        if security is None:
+            if self.version == _V5 and connect.properties.authentication_method is not None:
+                self._refuse(connect, ReasonCode.BAD_AUTHENTICATION_METHOD)  # [MQTT-4.12.0-1]
+                return
+            self._accept(connect, neg, None)
+            return
+        blocked = security.authenticator.blocked(
+            neg.client_id, connect.username, self.address, time.time()
+        )
+        if blocked is not None:
+            self._refuse(connect, ReasonCode.BANNED, f"blocked client ({blocked.key})")
+            return
+        method = connect.properties.authentication_method if self.version == _V5 else None
+        if method is not None:
+            self._start_enhanced_auth(connect, neg, method)
+            return
+        request = AuthRequest(
+            client_id=neg.client_id,
+            username=connect.username,
+            password=connect.password,
+            address=self.address,
+            tls=self.settings.peer_certificates is not None,
+            chain=self.peer_certificates.presented,
+        )
+        result = security.authenticator.authenticate(request, allow_slow=False)
+        if result is not NEED_SLOW:
+            self._decided(connect, neg, result)
+            return
+        # A stored password must be hashed: off the event loop. Packets after CONNECT
+        # wait (reading is paused) until the decision is made.
+        self._authenticating = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        future = security.authenticate_slow(request)
+        future.add_done_callback(lambda f: self._slow_auth_done(f, connect, neg))
+
+    def _slow_auth_done(
+        self, future: asyncio.Future[AuthResult], connect: Connect, neg: Negotiated
+    ) -> None:
+        self._authenticating = False
+        if self._closing or future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("authentication of %r failed: %r", neg.client_id, exc)
+            result = AuthResult(False, f"internal error: {exc}")
+        else:
+            result = future.result()
+        self._decided(connect, neg, result)
+        if self._closing:
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        pending = self._pending
+        if pending:
+            used = self._process(pending)
+            del pending[:used]
+
+    def _decided(
+        self,
+        connect: Connect,
+        neg: Negotiated,
+        result: AuthResult,
+        auth_props: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Authentication said yes or no; a yes still needs an allowed will topic."""
+        security = self.settings.security
+        assert security is not None
+        tls = self.settings.peer_certificates is not None
+        will = connect.will
+        if (
+            result.ok
+            and will is not None
+            and result.rules is not None
+            and not can_publish(result.rules, will.topic)
+        ):
+            result = AuthResult(
+                False, f"{result.reason}: not authorized to publish the will to {will.topic!r}"
+            )
+        if not result.ok:
+            security.record_unauthorized(
+                neg.client_id,
+                self.address,
+                connect.username,
+                connect.password is not None,
+                tls,
+                result.reason,
+            )
+            self._refuse(connect, ReasonCode.NOT_AUTHORIZED, result.reason)
+            return
+        security.forget_unauthorized(neg.client_id, self.address)
+        self._rules = result.rules
+        self.client_type = result.client_type
+        self._accept(connect, neg, auth_props, result.credentials_name)
+
+    def _refuse(self, connect: Connect, code: int, detail: str = "") -> None:
+        self._write(encode(ConnAck(False, code), self.version))
+        log.info(
+            "client %r from %s (%s, MQTT %s) refused: %s%s",
+            connect.client_id,
+            self.peer,
+            self.listener,
+            _version_name(self.version),
+            _reason_word(code),
+            f" ({detail})" if detail else "",
+        )
+        self._close()
+
+    def _start_enhanced_auth(self, connect: Connect, neg: Negotiated, method: str) -> None:
+        """MQTT 5 enhanced authentication: SCRAM-SHA-256 / SCRAM-SHA-512."""
+        security = self.settings.security
+        assert security is not None
+        tls = self.settings.peer_certificates is not None
+        algorithm = SCRAM_METHODS.get(method)
+        if algorithm is None or not security.config.scram:
+            code = ReasonCode.BAD_AUTHENTICATION_METHOD
+            why = f"unsupported authentication method {method!r}"
+            if algorithm is not None:
+                code = ReasonCode.NOT_AUTHORIZED
+                why = f"{method} is disabled (SECURITY_MQTT_SCRAM_ENABLED)"
+            security.record_unauthorized(
+                neg.client_id, self.address, connect.username, False, tls, why
+            )
+            self._refuse(connect, code, why)
+            return
+        server = ScramServer(ScramAlgorithm(algorithm))
+        try:
+            first = server.start(connect.properties.authentication_data or b"", self._scram_lookup)
+        except ScramError as err:
+            why = f"{method}: {err.reason}"
+            security.record_unauthorized(
+                neg.client_id, self.address, connect.username, False, tls, why
+            )
+            self._refuse(connect, ReasonCode.NOT_AUTHORIZED, why)
+            return
+        self._auth_method = method
+        self._scram = server
+        self._pending_connect = (connect, neg)
+        self._send_auth(ReasonCode.CONTINUE_AUTHENTICATION, first)
+        # A client that stops half-way is dropped like one that never sends CONNECT.
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.settings.connect_timeout, self._connect_timeout)
+
+    def _scram_lookup(self, user_name: str) -> ScramCredentials | None:
+        security = self.settings.security
+        assert security is not None
+        cred = security.authenticator.scram_credentials(user_name)
+        if cred is None or not isinstance(cred.value, ScramCredentials):
+            return None
+        return cred.value
+
+    def _send_auth(self, code: int, data: bytes) -> None:
+        props = Properties(authentication_method=self._auth_method, authentication_data=data)
+        self._write(encode(Auth(code, props), _V5))
+
+    def _scram_finish(self, packet: Auth) -> tuple[AuthResult, bytes]:
+        """Verify the client-final-message of the exchange in progress."""
+        server = self._scram
+        assert server is not None
+        self._scram = None
+        if packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
+            raise ProtocolViolation("AUTH during an exchange must be Continue authentication")
+        if packet.properties.authentication_method != self._auth_method:
+            raise ProtocolViolation("AUTH with a different authentication method")  # 4.12
+        try:
+            final = server.finish(packet.properties.authentication_data or b"")
+        except ScramError as err:
+            return AuthResult(False, f"{self._auth_method}: {err.reason}"), b""
+        security = self.settings.security
+        assert security is not None
+        creds = server.credentials
+        assert creds is not None
+        cred = security.authenticator.scram_credentials(creds.user_name)
+        if cred is None:  # removed during the exchange
+            return AuthResult(False, f"{self._auth_method}: credentials removed"), b""
+        return (
+            AuthResult(
+                True,
+                f"SCRAM credentials {cred.name!r}",
+                cred.client_type.value,
+                compiled_rules(creds),
+                cred.name,
+            ),
+            final,
+        )
+
+    def _on_connect_auth(self, packet: Auth) -> None:
+        pending = self._pending_connect
+        assert pending is not None
+        connect, neg = pending
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        result, final = self._scram_finish(packet)
+        method = self._auth_method
+        assert method is not None
+        self._decided(connect, neg, result, (method, final))
+        self._pending_connect = None
+
+    def _on_reauth(self, packet: Auth) -> None:
+        """Re-authentication while connected [MQTT-4.12.1]."""
+        method = self._auth_method
+        if method is None:
+            raise ProtocolViolation("AUTH without an authentication method")  # [MQTT-4.12.0-1]
+        if packet.properties.authentication_method != method:
+            raise ProtocolViolation("AUTH with a different authentication method")  # 4.12.1-1
+        if packet.reason_code == ReasonCode.RE_AUTHENTICATE and self._scram is None:
+            server = ScramServer(ScramAlgorithm(SCRAM_METHODS[method]))
+            try:
+                first = server.start(
+                    packet.properties.authentication_data or b"", self._scram_lookup
+                )
+            except ScramError as err:
+                self._reauth_failed(f"{method}: {err.reason}")
+                return
+            self._scram = server
+            self._send_auth(ReasonCode.CONTINUE_AUTHENTICATION, first)
+            return
+        if self._scram is None:
+            raise ProtocolViolation("AUTH Continue authentication with no exchange in progress")
+        result, final = self._scram_finish(packet)
+        if not result.ok:
+            self._reauth_failed(result.reason)
+            return
+        self._rules = result.rules
+        self._pub_allowed = {}
+        self.client_type = result.client_type
+        self._send_auth(ReasonCode.SUCCESS, final)
+        log.info("client %s re-authenticated (%s)", self.client_id, result.reason)
+
+    def _reauth_failed(self, why: str) -> None:
+        security = self.settings.security
+        if security is not None:
+            security.record_unauthorized(
+                self.client_id,
+                self.address,
+                None,
+                False,
+                self.settings.peer_certificates is not None,
+                f"re-authentication: {why}",
+            )
+        self._disconnect_reason = f"re-authentication failed: {why}"
+        self.close_by_server(ReasonCode.NOT_AUTHORIZED)
+
+    def _accept(
+        self,
+        connect: Connect,
+        neg: Negotiated,
+        auth_props: tuple[str, bytes] | None,
+        credentials: str | None = None,
+    ) -> None:
         self._negotiated = neg
         self.client_id = neg.client_id
         self.receive_maximum = neg.client_receive_maximum
@@ -319,17 +587,35 @@ class Link(asyncio.BufferedProtocol):
             self._out_aliases = OutboundAliases(
                 neg.client_topic_alias_maximum, self.settings.topic_alias_min_length
             )
+        will = connect.will
         now = time.time()
         session, present = self.router.connect(
-            self, neg.client_id, self.version, connect.clean_start, neg.session_expiry, will, now
+            self,
+            neg.client_id,
+            self.version,
+            connect.clean_start,
+            neg.session_expiry,
+            will,
+            now,
+            self.client_type,
         )
         self.session = session
         self._connected = True
-        self._write(encode(replace(neg.connack, session_present=present), self.version))
+        connack = replace(neg.connack, session_present=present)
+        if auth_props is not None:
+            connack = replace(
+                connack,
+                properties=replace(
+                    connack.properties,
+                    authentication_method=auth_props[0],
+                    authentication_data=auth_props[1],
+                ),
+            )
+        self._write(encode(connack, self.version))
         subject = self.peer_certificates.leaf_subject()
         log.info(
             "client %s connected from %s (%s, MQTT %s, clean start %s, keep alive %ss, "
-            "session present %s%s)",
+            "session present %s%s%s)",
             neg.client_id,
             self.peer,
             self.listener,
@@ -338,12 +624,25 @@ class Link(asyncio.BufferedProtocol):
             neg.keep_alive,
             present,
             f", certificate {subject}" if subject else "",
+            f", credentials {credentials!r} as {self.client_type}" if credentials else "",
         )
         if neg.keep_alive:
             self._keep_alive = neg.keep_alive * 1.5  # [MQTT-3.1.2-22]
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._keep_alive, self._check_keep_alive)
         self.router.session_started(session, now)
+
+    def _may_publish(self, topic: str) -> bool:
+        cache = self._pub_allowed
+        allowed = cache.get(topic)
+        if allowed is None:
+            if len(cache) >= _RULE_CACHE_MAX:
+                cache.clear()
+            allowed = cache[topic] = can_publish(self._rules, topic)
+        return allowed
+
+    def _may_subscribe(self, topic_filter: str) -> bool:
+        return can_subscribe(self._rules, topic_filter)
 
     def _on_publish(self, session: Session, packet: Publish, now: float) -> None:
         v5 = self.version == _V5
@@ -373,6 +672,13 @@ class Link(asyncio.BufferedProtocol):
             reason = ReasonCode.PAYLOAD_FORMAT_INVALID
         elif topic.startswith("$SYS"):
             reason = ReasonCode.NOT_AUTHORIZED  # $SYS is the broker's own namespace
+        elif self._rules is not None and not self._may_publish(topic):
+            if not v5:  # MQTT 3.x has no way to say no: TBMQ closes the connection
+                self._disconnect_reason = f"not authorized to publish to {topic!r}"
+                log.info("client %s: %s", self.client_id, self._disconnect_reason)
+                self._close()
+                return
+            reason = ReasonCode.NOT_AUTHORIZED
         elif qos < 2 or self.router.qos2_received(session, pid):  # type: ignore[arg-type]
             msg = Message.create(
                 topic, packet.payload, qos, packet.retain, props, self.client_id, now
@@ -390,7 +696,8 @@ class Link(asyncio.BufferedProtocol):
 
     def _on_subscribe(self, session: Session, packet: Subscribe, now: float) -> None:
         v5 = self.version == _V5
-        codes, retained = self.router.subscribe(session, packet, v5)
+        authorize = None if self._rules is None else self._may_subscribe
+        codes, retained = self.router.subscribe(session, packet, v5, authorize)
         self._ack(encode(SubAck(packet.packet_id, tuple(codes)), self.version))
         if retained:
             self.router.send_retained(session, retained, now)
@@ -639,6 +946,13 @@ def _is_utf8(data: bytes) -> bool:
 
 def _version_name(version: int) -> str:
     return {3: "3.1", 4: "3.1.1", 5: "5"}.get(version, str(version))
+
+
+def _reason_word(code: int) -> str:
+    try:
+        return ReasonCode(code).name
+    except ValueError:
+        return f"0x{code:02X}"
 
 
 def _reason_name(code: int) -> str:

@@ -76,7 +76,10 @@ class TlsListener:
         holder: TlsContextHolder,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         stats: HandshakeStats,
+        on_failure: Callable[[str, str, str], None] | None = None,
     ) -> None:
+        """`on_failure(client ip, reason key, reason in words)` hears of failed handshakes."""
+        self.on_failure = on_failure
         self.spec = spec
         self.holder = holder
         self.factory = protocol_factory
@@ -141,6 +144,9 @@ class TlsListener:
                 "TLS handshake from %s failed on %s: %s", _peer_text(addr), self.spec.name, words
             )
             conn.close()
+            if self.on_failure is not None:
+                host = addr[0] if isinstance(addr, tuple) and addr else str(addr)
+                self.on_failure(str(host), key, words)
         else:
             self.stats.completed += 1
 

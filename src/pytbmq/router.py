@@ -231,6 +231,7 @@ class Router:
         expiry_interval: int,
         will: Will | None,
         now: float,
+        client_type: str = "DEVICE",
     ) -> tuple[Session, bool]:
         """Attach a link to its session (new or resumed). Returns (session, present).
 
@@ -266,6 +267,7 @@ class Router:
             session.queue_drops = 0
         session.protocol_version = protocol_version
         session.expiry_interval = expiry_interval
+        session.client_type = client_type
         session.link = link
         session.disconnected_at = None
         session.will = will
@@ -623,9 +625,15 @@ class Router:
 
     # ---------------------------------------------------------------- subscribe
     def subscribe(
-        self, session: Session, packet: Subscribe, v5: bool
+        self,
+        session: Session,
+        packet: Subscribe,
+        v5: bool,
+        authorize: Callable[[str], bool] | None = None,
     ) -> tuple[list[int], list[RetainedDelivery]]:
-        """Add or replace subscriptions; returns reason codes and retained messages to send."""
+        """Add or replace subscriptions; returns reason codes and retained messages to send.
+
+        `authorize(filter)` (the client's subscribe rules) refuses a filter with 0x87."""
         codes: list[int] = []
         retained: list[RetainedDelivery] = []
         sub_id = (
@@ -648,7 +656,9 @@ class Router:
                 continue
             if group is not None and sub.no_local:
                 raise ProtocolViolation("No Local on a shared subscription")  # [MQTT-3.8.3-4]
-            if topic_filter == "#" and not cfg.root_wildcard_allowed:
+            if (topic_filter == "#" and not cfg.root_wildcard_allowed) or (
+                authorize is not None and not authorize(full)
+            ):
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
                 continue
             opts = SubOptions(

@@ -246,7 +246,7 @@ class WsAdapter(asyncio.BufferedProtocol):
         self.link = link = self._make_link()
         link.connection_made(ws)
         if forwarded is not None:
-            link.peer = forwarded
+            link.peer = link.address = forwarded
         if rest:
             self._frames(memoryview(rest))
 

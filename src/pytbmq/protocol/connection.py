@@ -75,10 +75,6 @@ def negotiate(connect: Connect, limits: Limits) -> Negotiated:
     elif connect.protocol_version == 3 and len(client_id) > limits.max_client_id_length_3_1:
         return refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
 
-    if v5 and props.authentication_method is not None:
-        # No enhanced-authentication method is configured [MQTT-4.12.0-1]
-        return refuse(ReasonCode.BAD_AUTHENTICATION_METHOD)
-
     keep_alive = connect.keep_alive
     server_keep_alive: int | None = None
     if v5 and keep_alive > limits.max_keep_alive:

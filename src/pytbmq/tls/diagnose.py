@@ -122,6 +122,20 @@ def explain(exc: BaseException, handshake_timeout: float) -> tuple[str, str]:
     return "internal", f"unexpected {type(exc).__name__}: {exc}"
 
 
+# Failures caused by the client's certificate: recorded as unauthorized clients.
+CLIENT_CERTIFICATE_FAILURES = frozenset(
+    {
+        "unknown_ca",
+        "not_yet_valid",
+        "expired",
+        "bad_certificate",
+        "no_crl",
+        "revoked",
+        "no_client_certificate",
+    }
+)
+
+
 class HandshakeStats:
     """Counters of completed and failed handshakes, by reason, for the metrics to come."""
 
