@@ -336,6 +336,21 @@ class Pki:
         """(cert file with chain, unencrypted key file) of a client identity."""
         return self.client_files[cn]
 
+    def add_client(
+        self, cn: str, issuer: Identity | None = None, *, file_stem: str | None = None
+    ) -> tuple[Path, Path]:
+        """A new client identity issued by ``issuer`` (default: the root CA), written like
+        the standard ones (cert + chain, key) and registered for :meth:`client`. An
+        existing ``cn`` is returned as it is."""
+        if cn in self.client_files:
+            return self.client_files[cn]
+        ident = self._client(cn, issuer=issuer)
+        stem = file_stem or "".join(c if c.isalnum() or c in "-_" else "_" for c in cn)
+        cert = write(self.dir / f"{stem}.pem", ident.cert_pem(with_chain=True))
+        key = write(self.dir / f"{stem}_key.pem", ident.key_pem())
+        self.client_files[cn] = (cert, key)
+        return cert, key
+
     def pkcs12(
         self,
         path: Path,
