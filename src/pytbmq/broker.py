@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from pytbmq.admission import Admission, AdmissionLimits
 from pytbmq.config import Settings
 from pytbmq.errors import ConfigError
 from pytbmq.link import Link, LinkSettings, Writer
@@ -23,6 +24,7 @@ from pytbmq.listeners import ListenerSpec, TlsListener, start_listener
 from pytbmq.protocol.connection import Limits
 from pytbmq.protocol.packets import ReasonCode
 from pytbmq.protocol.websocket import WsPolicy
+from pytbmq.ratelimit import RateLimit
 from pytbmq.router import Router, RouterConfig
 from pytbmq.security import Security, warn_if_open
 from pytbmq.storage import Store, make_store
@@ -45,14 +47,31 @@ def router_config(settings: Settings) -> RouterConfig:
         max_session_expiry=settings.mqtt_client_session_expiry_max_expiry_interval,
         root_wildcard_allowed=settings.mqtt_subscription_root_multi_lvl_wildcard,
         topic_max_segments=settings.mqtt_topic_max_segments_count,
+        sessions_limit=settings.mqtt_sessions_limit,
+        application_clients_limit=settings.mqtt_application_clients_limit,
     )
 
 
 def link_settings(
-    settings: Settings, max_packet_size: int, security: Security | None = None
+    settings: Settings,
+    max_packet_size: int,
+    security: Security | None = None,
+    total_limit: RateLimit | None = None,
 ) -> LinkSettings:
+    s = settings
     return LinkSettings(
         security=security,
+        incoming_limit=s.mqtt_incoming_rate_limits_client_config
+        if s.mqtt_incoming_rate_limits_enabled
+        else None,
+        outgoing_limit=s.mqtt_outgoing_rate_limits_client_config
+        if s.mqtt_outgoing_rate_limits_enabled
+        else None,
+        total_limit=total_limit,
+        write_high_water=s.netty_write_buffer_high_water_mark,
+        write_low_water=min(
+            s.netty_write_buffer_low_water_mark, s.netty_write_buffer_high_water_mark
+        ),
         limits=Limits(
             max_packet_size=max_packet_size,
             receive_maximum=settings.mqtt_max_in_flight_msgs,
@@ -93,6 +112,7 @@ class Broker:
         self.servers: list[asyncio.Server | TlsListener] = []
         self.tls: dict[str, TlsContextHolder] = {}
         self.handshakes: dict[str, HandshakeStats] = {}
+        self.admission: dict[str, Admission] = {}  # listener name -> its connection limits
         self._tls_watchers: list[asyncio.Task[None]] = []
         self.security = Security(settings)
         self._names: dict[int, str] = {}  # id(asyncio server) -> listener name
@@ -114,19 +134,24 @@ class Broker:
         await self._open_store(loop, writer)
         await self.security.start()
         security = self.security
-        Factory = Callable[[], asyncio.BaseProtocol]
+        total = (
+            RateLimit(s.mqtt_total_rate_limits_config, time.monotonic())
+            if s.mqtt_total_rate_limits_enabled
+            else None
+        )
+        Factory = Callable[[], asyncio.BufferedProtocol]
         specs: list[tuple[ListenerSpec, Factory]] = []
         if s.listener_tcp_enabled:
             spec = ListenerSpec(
                 "tcp", s.listener_tcp_bind_address, s.listener_tcp_bind_port, "LISTENER_TCP"
             )
-            lsettings = link_settings(s, s.tcp_netty_max_payload_size, security)
+            lsettings = link_settings(s, s.tcp_netty_max_payload_size, security, total)
             specs.append((spec, self._factory(writer, lsettings, spec.name)))
         if s.listener_ws_enabled:
             spec = ListenerSpec(
                 "ws", s.listener_ws_bind_address, s.listener_ws_bind_port, "LISTENER_WS"
             )
-            lsettings = link_settings(s, s.ws_netty_max_payload_size, security)
+            lsettings = link_settings(s, s.ws_netty_max_payload_size, security, total)
             specs.append((spec, self._ws_factory(writer, lsettings, ws_settings(s, "ws"))))
         tls_specs: list[tuple[ListenerSpec, Factory, TlsContextHolder]] = []
         for name, enabled in (("ssl", s.listener_ssl_enabled), ("wss", s.listener_wss_enabled)):
@@ -138,7 +163,7 @@ class Broker:
             max_size = (
                 s.ssl_netty_max_payload_size if name == "ssl" else s.wss_netty_max_payload_size
             )
-            lsettings = link_settings(s, max_size, security)
+            lsettings = link_settings(s, max_size, security, total)
             lsettings = replace(lsettings, peer_certificates=ChainCache().peer_certificates)
             spec = ListenerSpec(
                 name,
@@ -160,12 +185,20 @@ class Broker:
                 "LISTENER_WS_ENABLED or LISTENER_WSS_ENABLED to true"
             )
         for spec, factory in specs:
-            server = await start_listener(spec, factory)
+            server = await start_listener(spec, factory, self._admission(spec))
             self.servers.append(server)
             self._names[id(server)] = spec.name
         for spec, factory, holder in tls_specs:
             stats = self.handshakes.setdefault(spec.name, HandshakeStats())
-            listener = TlsListener(spec, holder, factory, stats, self._tls_failed)
+            listener = TlsListener(
+                spec,
+                holder,
+                factory,
+                stats,
+                self._tls_failed,
+                admission=self._admission(spec),
+                max_handshakes=getattr(s, f"listener_{spec.name}_max_handshakes_in_progress"),
+            )
             await listener.start()
             self.servers.append(listener)
             if holder.cfg.reload_interval > 0:
@@ -178,6 +211,21 @@ class Broker:
             self.store.name,
             s.pytbmq_data_dir,
         )
+
+    def _admission(self, spec: ListenerSpec) -> Admission:
+        """Listener `spec.name`'s connection limits (LISTENER_<TYPE>_MAX_CONNECTIONS and
+        LISTENER_<TYPE>_NEW_CONNECTIONS_PER_IP_PER_SEC); logged when there are any."""
+        s, name = self.settings, spec.name
+        limits = AdmissionLimits(
+            max_connections=getattr(s, f"listener_{name}_max_connections"),
+            new_connections_per_ip_per_sec=getattr(
+                s, f"listener_{name}_new_connections_per_ip_per_sec"
+            ),
+        )
+        admission = self.admission[name] = Admission(name, spec.setting_prefix, limits)
+        if admission.limited:
+            log.info("listener %s: %s", name, admission.describe())
+        return admission
 
     def _addresses(self) -> list[tuple[str, str]]:
         """(listener name, host:port) of every open listener."""

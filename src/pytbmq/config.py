@@ -47,6 +47,7 @@ __all__ = [
     "Kind",
     "PathKind",
     "ProviderOrder",
+    "RateLimits",
     "Setting",
     "Settings",
     "Str",
@@ -344,6 +345,30 @@ class ProviderOrder(Kind):
 
     def expected(self) -> str:
         return "a comma-separated order of " + ", ".join(self.choices) + ", each at most once"
+
+
+@dataclass(frozen=True)
+class RateLimits(Kind):
+    """TBMQ's token-bucket syntax: `capacity:seconds` pairs separated by commas."""
+
+    def parse(self, raw: str) -> tuple[tuple[int, int], ...]:
+        pairs: list[tuple[int, int]] = []
+        for part in raw.split(","):
+            capacity, sep, seconds = part.strip().partition(":")
+            if (
+                not sep
+                or not _DECIMAL_INT.fullmatch(capacity)
+                or not _DECIMAL_INT.fullmatch(seconds)
+            ):
+                raise ValueError(raw)
+            pair = (int(capacity), int(seconds))
+            if pair[0] < 1 or pair[1] < 1:
+                raise ValueError(raw)
+            pairs.append(pair)
+        return tuple(pairs)
+
+    def expected(self) -> str:
+        return "capacity:seconds pairs separated by commas, e.g. 10:1,300:60 (both >= 1)"
 
 
 @dataclass(frozen=True)
@@ -1052,6 +1077,164 @@ SETTINGS: tuple[Setting, ...] = (
         "10080",
         "Minutes an expired blocked-client entry is kept before it is removed",
     ),
+    Setting(
+        "MQTT_TOTAL_RATE_LIMITS_ENABLED",
+        "mqtt.rate-limits.total.enabled",
+        Bool(),
+        "false",
+        "Limit the messages the whole broker takes in and sends out (token buckets)",
+    ),
+    Setting(
+        "MQTT_TOTAL_RATE_LIMITS_CONFIG",
+        "mqtt.rate-limits.total.config",
+        RateLimits(),
+        "1000:1,50000:60",
+        "Broker-wide limits as capacity:seconds pairs, e.g. 1000:1,50000:60",
+    ),
+    Setting(
+        "MQTT_INCOMING_RATE_LIMITS_ENABLED",
+        "mqtt.rate-limits.incoming-publish.enabled",
+        Bool(),
+        "false",
+        "Limit the PUBLISH packets each client may send",
+    ),
+    Setting(
+        "MQTT_INCOMING_RATE_LIMITS_CLIENT_CONFIG",
+        "mqtt.rate-limits.incoming-publish.client-config",
+        RateLimits(),
+        "10:1,300:60",
+        "Per-client incoming limits as capacity:seconds pairs",
+    ),
+    Setting(
+        "MQTT_OUTGOING_RATE_LIMITS_ENABLED",
+        "mqtt.rate-limits.outgoing-publish.enabled",
+        Bool(),
+        "false",
+        "Limit the QoS 0 messages each non-persistent client is sent; the excess is dropped",
+    ),
+    Setting(
+        "MQTT_OUTGOING_RATE_LIMITS_CLIENT_CONFIG",
+        "mqtt.rate-limits.outgoing-publish.client-config",
+        RateLimits(),
+        "10:1,300:60",
+        "Per-client outgoing limits as capacity:seconds pairs",
+    ),
+    Setting(
+        "MQTT_SESSIONS_LIMIT",
+        "mqtt.sessions-limit",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most sessions (connected and stored) the broker keeps; a new client beyond it is "
+        "refused with Quota exceeded; 0 disables",
+    ),
+    Setting(
+        "MQTT_APPLICATION_CLIENTS_LIMIT",
+        "mqtt.application-clients-limit",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most APPLICATION persistent sessions; 0 disables",
+    ),
+    Setting(
+        "NETTY_WRITE_BUFFER_HIGH_WATER_MARK",
+        "netty.write-buffer.high-water-mark",
+        Int(1024, 2**30),
+        "1310720",
+        "Bytes waiting to be sent to a client above which it is a slow consumer: QoS 0 to "
+        "it is dropped, QoS 1/2 waits in its session queue",
+    ),
+    Setting(
+        "NETTY_WRITE_BUFFER_LOW_WATER_MARK",
+        "netty.write-buffer.low-water-mark",
+        Int(0, 2**30),
+        "655360",
+        "Bytes waiting below which a slow consumer is sent to again",
+    ),
+    Setting(
+        "LISTENER_TCP_MAX_CONNECTIONS",
+        "listener.tcp.max_connections",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most open connections on the TCP listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_TCP_NEW_CONNECTIONS_PER_IP_PER_SEC",
+        "listener.tcp.new_connections_per_ip_per_sec",
+        Int(0, 2**31 - 1),
+        "0",
+        "New connections per second one source address may open on the TCP "
+        "listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_MAX_CONNECTIONS",
+        "listener.ssl.max_connections",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most open connections on the SSL listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_NEW_CONNECTIONS_PER_IP_PER_SEC",
+        "listener.ssl.new_connections_per_ip_per_sec",
+        Int(0, 2**31 - 1),
+        "0",
+        "New connections per second one source address may open on the SSL "
+        "listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WS_MAX_CONNECTIONS",
+        "listener.ws.max_connections",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most open connections on the WS listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WS_NEW_CONNECTIONS_PER_IP_PER_SEC",
+        "listener.ws.new_connections_per_ip_per_sec",
+        Int(0, 2**31 - 1),
+        "0",
+        "New connections per second one source address may open on the WS "
+        "listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_MAX_CONNECTIONS",
+        "listener.wss.max_connections",
+        Int(0, 2**31 - 1),
+        "0",
+        "Most open connections on the WSS listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_NEW_CONNECTIONS_PER_IP_PER_SEC",
+        "listener.wss.new_connections_per_ip_per_sec",
+        Int(0, 2**31 - 1),
+        "0",
+        "New connections per second one source address may open on the WSS "
+        "listener; more are closed at once; 0 disables",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_SSL_MAX_HANDSHAKES_IN_PROGRESS",
+        "listener.ssl.max_handshakes_in_progress",
+        Int(1, 100_000),
+        "64",
+        "TLS handshakes the SSL listener runs at once; further connections wait "
+        "in the kernel's accept queue, so a handshake storm cannot starve connected clients",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "LISTENER_WSS_MAX_HANDSHAKES_IN_PROGRESS",
+        "listener.wss.max_handshakes_in_progress",
+        Int(1, 100_000),
+        "64",
+        "TLS handshakes the WSS listener runs at once; further connections wait "
+        "in the kernel's accept queue, so a handshake storm cannot starve connected clients",
+        pytbmq_only=True,
+    ),
 )
 
 
@@ -1153,6 +1336,26 @@ class Settings:
     sql_ttl_unauthorized_client_ttl: int
     blocked_client_cleanup_period_minutes: int
     blocked_client_cleanup_ttl_minutes: int
+    mqtt_total_rate_limits_enabled: bool
+    mqtt_total_rate_limits_config: tuple[tuple[int, int], ...]
+    mqtt_incoming_rate_limits_enabled: bool
+    mqtt_incoming_rate_limits_client_config: tuple[tuple[int, int], ...]
+    mqtt_outgoing_rate_limits_enabled: bool
+    mqtt_outgoing_rate_limits_client_config: tuple[tuple[int, int], ...]
+    mqtt_sessions_limit: int
+    mqtt_application_clients_limit: int
+    netty_write_buffer_high_water_mark: int
+    netty_write_buffer_low_water_mark: int
+    listener_tcp_max_connections: int
+    listener_tcp_new_connections_per_ip_per_sec: int
+    listener_ssl_max_connections: int
+    listener_ssl_new_connections_per_ip_per_sec: int
+    listener_ws_max_connections: int
+    listener_ws_new_connections_per_ip_per_sec: int
+    listener_wss_max_connections: int
+    listener_wss_new_connections_per_ip_per_sec: int
+    listener_ssl_max_handshakes_in_progress: int
+    listener_wss_max_handshakes_in_progress: int
 
 
 # --------------------------------------------------------------------------- loading

@@ -53,6 +53,7 @@ from pytbmq.protocol.packets import (
     UnsubAck,
     Unsubscribe,
 )
+from pytbmq.ratelimit import RateLimit
 from pytbmq.router import Router
 from pytbmq.session import Session
 from pytbmq.tls.diagnose import NO_CERTIFICATES, PeerCertificates
@@ -83,6 +84,10 @@ class LinkSettings:
     peer_certificates: Callable[[Any], PeerCertificates] | None = None
     # Authentication and authorization; None only in tests that drive links directly
     security: Security | None = None
+    # MQTT_INCOMING/OUTGOING_RATE_LIMITS_*: per-client capacity:seconds pairs, or None
+    incoming_limit: tuple[tuple[int, int], ...] | None = None
+    outgoing_limit: tuple[tuple[int, int], ...] | None = None
+    total_limit: RateLimit | None = None  # MQTT_TOTAL_RATE_LIMITS_*: shared by all links
 
 
 class Writer:
@@ -164,6 +169,16 @@ class Link(asyncio.BufferedProtocol):
         self._auth_method: str | None = None  # MQTT 5 enhanced authentication in use
         self._scram: ScramServer | None = None  # an exchange in progress
         self._pending_connect: tuple[Connect, Negotiated] | None = None
+        # rate limits (None when disabled)
+        mono = time.monotonic()
+        self._in_limit = (
+            RateLimit(settings.incoming_limit, mono) if settings.incoming_limit else None
+        )
+        self._out_limit = (
+            RateLimit(settings.outgoing_limit, mono) if settings.outgoing_limit else None
+        )
+        self._limit_in = self._in_limit is not None or settings.total_limit is not None
+        self._limit_out = False  # set at CONNECT: non-persistent sessions only (TBMQ)
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,6 +231,9 @@ class Link(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        session = self.session
+        if session is not None and not self._closing:
+            self.router.link_writable(session, time.time())  # a slow consumer caught up
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.registry.discard(self)
@@ -579,7 +597,14 @@ class Link(asyncio.BufferedProtocol):
         auth_props: tuple[str, bytes] | None,
         credentials: str | None = None,
     ) -> None:
+        refusal = self.router.admission_refusal(neg.client_id, self.client_type, neg.session_expiry)
+        if refusal is not None:
+            self._refuse(connect, ReasonCode.QUOTA_EXCEEDED, refusal)
+            return
         self._negotiated = neg
+        self._limit_out = neg.session_expiry == 0 and (
+            self._out_limit is not None or self.settings.total_limit is not None
+        )
         self.client_id = neg.client_id
         self.receive_maximum = neg.client_receive_maximum
         self._max_out = neg.client_max_packet_size
@@ -632,6 +657,22 @@ class Link(asyncio.BufferedProtocol):
             self._timer = loop.call_later(self._keep_alive, self._check_keep_alive)
         self.router.session_started(session, now)
 
+    def _take_incoming(self) -> bool:
+        now = time.monotonic()
+        own = self._in_limit
+        if own is not None and not own.try_take(now):
+            return False
+        total = self.settings.total_limit
+        return total is None or total.try_take(now)
+
+    def _take_outgoing(self) -> bool:
+        now = time.monotonic()
+        own = self._out_limit
+        if own is not None and not own.try_take(now):
+            return False
+        total = self.settings.total_limit
+        return total is None or total.try_take(now)
+
     def _may_publish(self, topic: str) -> bool:
         cache = self._pub_allowed
         allowed = cache.get(topic)
@@ -679,6 +720,18 @@ class Link(asyncio.BufferedProtocol):
                 self._close()
                 return
             reason = ReasonCode.NOT_AUTHORIZED
+        elif (
+            self._limit_in
+            and (qos < 2 or pid not in session.inflight_in)  # not a resend of one we hold
+            and not self._take_incoming()
+        ):
+            self.router.counters.messages_refused_rate_limit += 1
+            if not v5:  # MQTT 3.x cannot refuse a PUBLISH: TBMQ closes the connection
+                self._disconnect_reason = "incoming message rate limit exceeded"
+                log.info("client %s: %s", self.client_id, self._disconnect_reason)
+                self._close()
+                return
+            reason = ReasonCode.QUOTA_EXCEEDED
         elif qos < 2 or self.router.qos2_received(session, pid):  # type: ignore[arg-type]
             msg = Message.create(
                 topic, packet.payload, qos, packet.retain, props, self.client_id, now
@@ -770,6 +823,9 @@ class Link(asyncio.BufferedProtocol):
     ) -> bool:
         if self._closing:
             return True  # the session keeps it; it is resent when the client returns
+        if not qos and self._limit_out and not self._take_outgoing():
+            self.router.counters.messages_dropped_rate_limit += 1
+            return True  # QoS 0 over the outgoing limit is dropped (TBMQ)
         aliases = self._out_aliases
         alias = aliases.lookup(message.topic) if aliases is not None else None
         if dup or alias is not None:

@@ -70,6 +70,8 @@ class RouterConfig:
     max_session_expiry: int = 604800  # MQTT_CLIENT_SESSION_EXPIRY_MAX_EXPIRY_INTERVAL
     root_wildcard_allowed: bool = True  # MQTT_SUBSCRIPTION_ROOT_MULTI_LVL_WILDCARD
     topic_max_segments: int = 0  # MQTT_TOPIC_MAX_SEGMENTS_COUNT, 0 = unlimited
+    sessions_limit: int = 0  # MQTT_SESSIONS_LIMIT, 0 = unlimited
+    application_clients_limit: int = 0  # MQTT_APPLICATION_CLIENTS_LIMIT, 0 = unlimited
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class Counters:
     messages_dropped_queue_full: int = 0
     messages_dropped_too_large: int = 0
     messages_dropped_ttl: int = 0
+    messages_dropped_rate_limit: int = 0  # outgoing QoS 0 over MQTT_OUTGOING/TOTAL limits
+    messages_refused_rate_limit: int = 0  # incoming PUBLISH over MQTT_INCOMING/TOTAL limits
     messages_expired: int = 0
 
 
@@ -222,6 +226,35 @@ class Router:
             msg.store_id = 0
 
     # ---------------------------------------------------------------- connect
+    def admission_refusal(self, client_id: str, client_type: str, expiry: int) -> str | None:
+        """Why a CONNECT would exceed MQTT_SESSIONS_LIMIT or MQTT_APPLICATION_CLIENTS_LIMIT
+        (None: it may proceed). A client that already has a session is never refused."""
+        cfg = self.config
+        existing = self.sessions.get(client_id)
+        if cfg.sessions_limit and existing is None and len(self.sessions) >= cfg.sessions_limit:
+            return f"MQTT_SESSIONS_LIMIT ({cfg.sessions_limit} sessions) reached"
+        if (
+            cfg.application_clients_limit
+            and client_type == APPLICATION
+            and expiry > 0
+            and not (
+                existing is not None
+                and existing.client_type == APPLICATION
+                and existing.expiry_interval > 0
+            )
+        ):
+            count = sum(
+                1
+                for s in self.sessions.values()
+                if s.client_type == APPLICATION and s.expiry_interval > 0
+            )
+            if count >= cfg.application_clients_limit:
+                return (
+                    f"MQTT_APPLICATION_CLIENTS_LIMIT ({cfg.application_clients_limit} "
+                    "persistent APPLICATION clients) reached"
+                )
+        return None
+
     def connect(
         self,
         link: SessionLink,
@@ -464,6 +497,7 @@ class Router:
             link is not None
             and not session.queue
             and len(session.inflight_out) < link.receive_maximum  # [MQTT-4.9.0-2]
+            and link.can_take_qos0()  # a slow consumer's QoS 1/2 waits in the queue
         ):
             self._send(session, link, out, now)
         else:
@@ -508,7 +542,7 @@ class Router:
         inflight = session.inflight_out
         limit = link.receive_maximum
         ttl = self.config.queue_ttl if session.client_type != APPLICATION else 0
-        while queue and len(inflight) < limit:
+        while queue and len(inflight) < limit and link.can_take_qos0():
             out = queue.popleft()
             if out.message.expired(now):  # [MQTT-3.3.2-5]
                 self.counters.messages_expired += 1
@@ -568,6 +602,11 @@ class Router:
                 yield session.client_id, opts
 
     # ---------------------------------------------------------------- acks
+    def link_writable(self, session: Session, now: float) -> None:
+        """A slow consumer's link drained below its low-water mark: send what queued."""
+        if session.link is not None:
+            self._pump(session, now)
+
     def puback(self, session: Session, packet_id: int, now: float) -> None:
         out = session.inflight_out.get(packet_id)
         if out is not None and out.qos == 1:

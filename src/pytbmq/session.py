@@ -41,7 +41,9 @@ class SessionLink(Protocol):
     def send_pubrel(self, packet_id: int) -> None: ...
 
     def can_take_qos0(self) -> bool:
-        """False while the link's outgoing buffer is over its high-water mark."""
+        """False while the link's outgoing buffer is over its high-water mark (a slow
+        consumer): QoS 0 to it is dropped, QoS 1/2 waits in the session queue until
+        the link calls `Router.link_writable`."""
         ...
 
     def close_by_server(self, reason_code: int) -> None:

@@ -298,8 +298,43 @@ def test_qos0_dropped_while_link_is_congested() -> None:
     link.congested = True
     r.publish(msg("q", qos=0), NOW)
     r.publish(msg("q", qos=1), NOW)
-    assert [x.qos for x in link.sent] == [1]
+    assert link.sent == []  # QoS 1 to a slow consumer waits in its session queue
+    assert len(s.queue) == 1
     assert r.counters.messages_dropped_qos0 == 1
+    link.congested = False
+    r.link_writable(s, NOW)
+    assert [x.qos for x in link.sent] == [1]
+    assert not s.queue
+
+
+def test_slow_consumer_queue_is_bounded_oldest_dropped() -> None:
+    r = Router(RouterConfig(queue_limit=3))
+    s, link, _ = connect(r, "p")
+    sub(r, s, Subscription("q", 1))
+    link.congested = True
+    for i in range(5):
+        r.publish(msg("q", qos=1, payload=str(i).encode()), NOW)
+    assert [o.message.payload for o in s.queue] == [b"2", b"3", b"4"]
+    assert r.counters.messages_dropped_queue_full == 2
+
+
+def test_sessions_limit_refuses_new_clients_only() -> None:
+    r = Router(RouterConfig(sessions_limit=2))
+    connect(r, "a")
+    connect(r, "b")
+    assert r.admission_refusal("c", "DEVICE", 0) is not None
+    assert r.admission_refusal("a", "DEVICE", 0) is None  # an existing session is fine
+
+
+def test_application_clients_limit_counts_persistent_app_sessions() -> None:
+    r = Router(RouterConfig(application_clients_limit=1))
+    s, _, _ = connect(r, "app1")
+    s.client_type = "APPLICATION"
+    s.expiry_interval = 3600
+    assert r.admission_refusal("app2", "APPLICATION", 3600) is not None
+    assert r.admission_refusal("app2", "APPLICATION", 0) is None  # not persistent
+    assert r.admission_refusal("dev", "DEVICE", 3600) is None
+    assert r.admission_refusal("app1", "APPLICATION", 3600) is None  # its own session
 
 
 def test_will_on_abnormal_close_not_on_normal_disconnect() -> None:
