@@ -388,6 +388,43 @@ class Setting:
         return self.env.lower()
 
 
+def _connection_limit_settings(label: str) -> tuple[Setting, Setting]:
+    """LISTENER_<TYPE>_MAX_CONNECTIONS and _NEW_CONNECTIONS_PER_IP_PER_SEC."""
+    name = f"LISTENER_{label.upper()}"
+    return (
+        Setting(
+            f"{name}_MAX_CONNECTIONS",
+            f"listener.{label}.max_connections",
+            Int(0, 2**31 - 1),
+            "0",
+            f"Most open connections on the {label.upper()} listener; more are closed at "
+            "once; 0 disables",
+            pytbmq_only=True,
+        ),
+        Setting(
+            f"{name}_NEW_CONNECTIONS_PER_IP_PER_SEC",
+            f"listener.{label}.new_connections_per_ip_per_sec",
+            Int(0, 2**31 - 1),
+            "0",
+            f"New connections per second one source address may open on the "
+            f"{label.upper()} listener; more are closed at once; 0 disables",
+            pytbmq_only=True,
+        ),
+    )
+
+
+def _handshake_limit_setting(label: str) -> Setting:
+    return Setting(
+        f"LISTENER_{label.upper()}_MAX_HANDSHAKES_IN_PROGRESS",
+        f"listener.{label}.max_handshakes_in_progress",
+        Int(1, 100_000),
+        "64",
+        f"TLS handshakes the {label.upper()} listener runs at once; further connections wait "
+        "in the kernel's accept queue, so a handshake storm cannot starve connected clients",
+        pytbmq_only=True,
+    )
+
+
 _PORT = Int(0, 65535)
 _UINT16 = Int(0, 65535)
 
@@ -1149,92 +1186,12 @@ SETTINGS: tuple[Setting, ...] = (
         "655360",
         "Bytes waiting below which a slow consumer is sent to again",
     ),
-    Setting(
-        "LISTENER_TCP_MAX_CONNECTIONS",
-        "listener.tcp.max_connections",
-        Int(0, 2**31 - 1),
-        "0",
-        "Most open connections on the TCP listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
+    *(
+        setting
+        for label in ("tcp", "ssl", "ws", "wss")
+        for setting in _connection_limit_settings(label)
     ),
-    Setting(
-        "LISTENER_TCP_NEW_CONNECTIONS_PER_IP_PER_SEC",
-        "listener.tcp.new_connections_per_ip_per_sec",
-        Int(0, 2**31 - 1),
-        "0",
-        "New connections per second one source address may open on the TCP "
-        "listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_SSL_MAX_CONNECTIONS",
-        "listener.ssl.max_connections",
-        Int(0, 2**31 - 1),
-        "0",
-        "Most open connections on the SSL listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_SSL_NEW_CONNECTIONS_PER_IP_PER_SEC",
-        "listener.ssl.new_connections_per_ip_per_sec",
-        Int(0, 2**31 - 1),
-        "0",
-        "New connections per second one source address may open on the SSL "
-        "listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_WS_MAX_CONNECTIONS",
-        "listener.ws.max_connections",
-        Int(0, 2**31 - 1),
-        "0",
-        "Most open connections on the WS listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_WS_NEW_CONNECTIONS_PER_IP_PER_SEC",
-        "listener.ws.new_connections_per_ip_per_sec",
-        Int(0, 2**31 - 1),
-        "0",
-        "New connections per second one source address may open on the WS "
-        "listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_WSS_MAX_CONNECTIONS",
-        "listener.wss.max_connections",
-        Int(0, 2**31 - 1),
-        "0",
-        "Most open connections on the WSS listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_WSS_NEW_CONNECTIONS_PER_IP_PER_SEC",
-        "listener.wss.new_connections_per_ip_per_sec",
-        Int(0, 2**31 - 1),
-        "0",
-        "New connections per second one source address may open on the WSS "
-        "listener; more are closed at once; 0 disables",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_SSL_MAX_HANDSHAKES_IN_PROGRESS",
-        "listener.ssl.max_handshakes_in_progress",
-        Int(1, 100_000),
-        "64",
-        "TLS handshakes the SSL listener runs at once; further connections wait "
-        "in the kernel's accept queue, so a handshake storm cannot starve connected clients",
-        pytbmq_only=True,
-    ),
-    Setting(
-        "LISTENER_WSS_MAX_HANDSHAKES_IN_PROGRESS",
-        "listener.wss.max_handshakes_in_progress",
-        Int(1, 100_000),
-        "64",
-        "TLS handshakes the WSS listener runs at once; further connections wait "
-        "in the kernel's accept queue, so a handshake storm cannot starve connected clients",
-        pytbmq_only=True,
-    ),
+    *(_handshake_limit_setting(label) for label in ("ssl", "wss")),
 )
 
 

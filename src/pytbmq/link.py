@@ -657,17 +657,9 @@ class Link(asyncio.BufferedProtocol):
             self._timer = loop.call_later(self._keep_alive, self._check_keep_alive)
         self.router.session_started(session, now)
 
-    def _take_incoming(self) -> bool:
+    def _take(self, own: RateLimit | None) -> bool:
+        """A token from this client's bucket (incoming or outgoing) and the total's."""
         now = time.monotonic()
-        own = self._in_limit
-        if own is not None and not own.try_take(now):
-            return False
-        total = self.settings.total_limit
-        return total is None or total.try_take(now)
-
-    def _take_outgoing(self) -> bool:
-        now = time.monotonic()
-        own = self._out_limit
         if own is not None and not own.try_take(now):
             return False
         total = self.settings.total_limit
@@ -723,7 +715,7 @@ class Link(asyncio.BufferedProtocol):
         elif (
             self._limit_in
             and (qos < 2 or pid not in session.inflight_in)  # not a resend of one we hold
-            and not self._take_incoming()
+            and not self._take(self._in_limit)
         ):
             self.router.counters.messages_refused_rate_limit += 1
             if not v5:  # MQTT 3.x cannot refuse a PUBLISH: TBMQ closes the connection
@@ -823,7 +815,7 @@ class Link(asyncio.BufferedProtocol):
     ) -> bool:
         if self._closing:
             return True  # the session keeps it; it is resent when the client returns
-        if not qos and self._limit_out and not self._take_outgoing():
+        if not qos and self._limit_out and not self._take(self._out_limit):
             self.router.counters.messages_dropped_rate_limit += 1
             return True  # QoS 0 over the outgoing limit is dropped (TBMQ)
         aliases = self._out_aliases

@@ -24,13 +24,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from . import rawmqtt as rm
-from .helpers import broker_env
+from .helpers import BrokerProcess, broker_env
 from .rawmqtt import RawClient
 
 T = TypeVar("T")
@@ -307,3 +309,14 @@ def blocked_entries(data_dir: Path) -> list[dict[str, Any]]:
     data = json.loads(result.stdout or "[]")
     assert isinstance(data, list), data
     return data
+
+
+def watch_broker(broker: BrokerProcess) -> Iterator[BrokerProcess]:
+    """Body of a per-test fixture around a module-scoped broker: prints the broker's log
+    of the test (pytest shows it only when the test fails) and fails if it died."""
+    mark = broker.log_mark()
+    yield broker
+    print(f"broker log during the test ({broker!r}):")
+    print("\n".join(broker.logs()[mark:][-200:]))
+    if not broker.alive():
+        pytest.fail(f"the broker died during the test\n{broker.tail()}")

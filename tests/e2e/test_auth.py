@@ -47,6 +47,7 @@ from .scram_client import (
     unauthorized_records,
     wait_for,
     wait_for_unauthorized,
+    watch_broker,
 )
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
@@ -74,16 +75,6 @@ def add_basic(data: Path, *args: str) -> None:
 
 def _started(base: Path, env: dict[str, Any]) -> BrokerProcess:
     return BrokerProcess(base, env).start()
-
-
-def _watch(broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    mark = broker.log_mark()
-    yield broker
-    # pytest shows captured output only for failing tests
-    print(f"broker log during the test ({broker!r}):")
-    print("\n".join(broker.logs()[mark:][-200:]))
-    if not broker.alive():
-        pytest.fail(f"the broker died during the test\n{broker.tail()}")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -118,7 +109,7 @@ def _basic_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture
 def basic_broker(_basic_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_basic_broker)
+    yield from watch_broker(_basic_broker)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +130,7 @@ def _open_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPro
 
 @pytest.fixture
 def open_broker(_open_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_open_broker)
+    yield from watch_broker(_open_broker)
 
 
 def _add_expired_block(data: Path, client_id: str) -> None:
@@ -502,7 +493,7 @@ def _username_strategy_broker(
 
 @pytest.fixture
 def strategy_broker(_username_strategy_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_username_strategy_broker)
+    yield from watch_broker(_username_strategy_broker)
 
 
 @both_versions

@@ -30,6 +30,7 @@ from .scram_client import (
     security_cli,
     try_connect,
     wait_for_unauthorized,
+    watch_broker,
 )
 
 USERS = {
@@ -58,12 +59,7 @@ def _scram_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture
 def scram_broker(_scram_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    mark = _scram_broker.log_mark()
-    yield _scram_broker
-    print(f"broker log during the test ({_scram_broker!r}):")
-    print("\n".join(_scram_broker.logs()[mark:][-200:]))
-    if not _scram_broker.alive():
-        pytest.fail(f"the broker died during the test\n{_scram_broker.tail()}")
+    yield from watch_broker(_scram_broker)
 
 
 def _data(broker: BrokerProcess) -> Path:

@@ -42,6 +42,7 @@ from .scram_client import (
     security_cli,
     try_connect,
     wait_for_unauthorized,
+    watch_broker,
 )
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
@@ -80,15 +81,6 @@ def _data(broker: BrokerProcess) -> Path:
 
 def add_x509(data: Path, *args: str) -> None:
     security_cli(data, "credentials", "add-x509", *args)
-
-
-def _watch(broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    mark = broker.log_mark()
-    yield broker
-    print(f"broker log during the test ({broker!r}):")
-    print("\n".join(broker.logs()[mark:][-200:]))
-    if not broker.alive():
-        pytest.fail(f"the broker died during the test\n{broker.tail()}")
 
 
 def _module_broker(
@@ -132,7 +124,7 @@ def _find_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def find_broker(_find_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_find_broker)
+    yield from watch_broker(_find_broker)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +147,7 @@ def _full_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def full_broker(_full_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_full_broker)
+    yield from watch_broker(_full_broker)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +166,7 @@ def _x509_first_broker(
 
 @pytest.fixture
 def x509_first_broker(_x509_first_broker: BrokerProcess) -> Iterator[BrokerProcess]:
-    yield from _watch(_x509_first_broker)
+    yield from watch_broker(_x509_first_broker)
 
 
 # --------------------------------------------------------------------------- helpers
