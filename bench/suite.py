@@ -189,6 +189,7 @@ def launch_pytbmq(workdir: Path, ports: dict[str, int]) -> Launch:
         "PYTBMQ_DATA_DIR": str(workdir / "data"),
         "PYTBMQ_LOG_LEVEL": "WARNING",
         "LISTENER_WS_ENABLED": "false",
+        "HTTP_ENABLED": "false",  # the admin API is not what is measured
         **PYTBMQ.env(),
     }
     if "tcp" in ports:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from pytbmq.admission import Admission, AdmissionLimits
+from pytbmq.api.server import ApiServer
 from pytbmq.config import Settings
 from pytbmq.errors import ConfigError
 from pytbmq.link import Link, LinkSettings, Writer
@@ -115,6 +116,7 @@ class Broker:
         self.admission: dict[str, Admission] = {}  # listener name -> its connection limits
         self._tls_watchers: list[asyncio.Task[None]] = []
         self.security = Security(settings)
+        self.api = ApiServer(self) if settings.http_enabled else None
         self._names: dict[int, str] = {}  # id(asyncio server) -> listener name
         self._writer: Writer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -184,6 +186,8 @@ class Broker:
                 "no listener is enabled: set LISTENER_TCP_ENABLED, LISTENER_SSL_ENABLED, "
                 "LISTENER_WS_ENABLED or LISTENER_WSS_ENABLED to true"
             )
+        if self.api is not None:
+            self.api.check()  # HTTPS material is checked before any listener opens
         for spec, factory in specs:
             server = await start_listener(spec, factory, self._admission(spec))
             self.servers.append(server)
@@ -204,6 +208,8 @@ class Broker:
             if holder.cfg.reload_interval > 0:
                 self._tls_watchers.append(loop.create_task(self._watch_tls(holder)))
         self._ticker = loop.create_task(self._tick())
+        if self.api is not None:
+            await self.api.start()
         warn_if_open(security.config, self._addresses())
         log.info(
             "pytbmq ready: %d listener(s), store %s, data dir %s",
@@ -338,6 +344,8 @@ class Broker:
 
     async def stop(self) -> None:
         log.info("pytbmq stopping: %d connection(s) open", len(self.links))
+        if self.api is not None:
+            await self.api.stop()
         for server in self.servers:
             server.close()
         await self._flush_store()  # acknowledgements still held go out before DISCONNECT

@@ -1192,6 +1192,157 @@ SETTINGS: tuple[Setting, ...] = (
         for setting in _connection_limit_settings(label)
     ),
     *(_handshake_limit_setting(label) for label in ("ssl", "wss")),
+    Setting(
+        "HTTP_ENABLED",
+        "server.enabled",
+        Bool(),
+        "true",
+        "Serve the admin REST API, metrics and health on HTTP_BIND_ADDRESS:HTTP_BIND_PORT",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "HTTP_BIND_ADDRESS",
+        "server.address",
+        Host(),
+        "0.0.0.0",
+        "Address the admin REST API binds to",
+    ),
+    Setting(
+        "HTTP_BIND_PORT",
+        "server.port",
+        _PORT,
+        "8083",
+        "Port of the admin REST API; 0 picks any free port",
+    ),
+    Setting(
+        "SSL_ENABLED",
+        "server.ssl.enabled",
+        Bool(),
+        "false",
+        "Serve the admin REST API over HTTPS",
+    ),
+    Setting(
+        "SSL_CREDENTIALS_TYPE",
+        "server.ssl.credentials.type",
+        Choice(("PEM", "KEYSTORE")),
+        "PEM",
+        "Where the HTTPS certificate and key come from: PEM files or a Java keystore",
+    ),
+    Setting(
+        "SSL_PEM_CERT",
+        "server.ssl.credentials.pem.cert_file",
+        Str(),
+        "server.pem",
+        "HTTPS certificate chain (PEM); may also hold the key",
+    ),
+    Setting(
+        "SSL_PEM_KEY",
+        "server.ssl.credentials.pem.key_file",
+        Str(),
+        "server_key.pem",
+        "HTTPS private key (PEM), when not inside SSL_PEM_CERT",
+    ),
+    Setting(
+        "SSL_PEM_KEY_PASSWORD",
+        "server.ssl.credentials.pem.key_password",
+        Str(),
+        "server_key_password",
+        "Password of an encrypted HTTPS private key",
+    ),
+    Setting(
+        "SSL_KEY_STORE_TYPE",
+        "server.ssl.credentials.keystore.type",
+        Choice(("JKS", "PKCS12")),
+        "PKCS12",
+        "HTTPS keystore format",
+    ),
+    Setting(
+        "SSL_KEY_STORE",
+        "server.ssl.credentials.keystore.store_file",
+        Str(),
+        "classpath:keystore/keystore.p12",
+        "HTTPS keystore file",
+    ),
+    Setting(
+        "SSL_KEY_STORE_PASSWORD",
+        "server.ssl.credentials.keystore.store_password",
+        Str(),
+        "thingsboard_mqtt_broker",
+        "HTTPS keystore password",
+    ),
+    Setting(
+        "SSL_KEY_ALIAS",
+        "server.ssl.credentials.keystore.key_alias",
+        Str(),
+        "tomcat",
+        "Alias of the HTTPS key in the keystore",
+    ),
+    Setting(
+        "SSL_KEY_PASSWORD",
+        "server.ssl.credentials.keystore.key_password",
+        Str(),
+        "thingsboard_mqtt_broker",
+        "Password of the HTTPS key in the keystore",
+    ),
+    Setting(
+        "SECURITY_ADMIN_USERNAME",
+        "security.admin.username",
+        Str(),
+        "admin",
+        "User name of the first admin, created on first start",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SECURITY_ADMIN_PASSWORD",
+        "security.admin.password",
+        Str(),
+        "",
+        "Password of the first admin; empty: a random one is generated and printed once",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "JWT_TOKEN_EXPIRATION_TIME",
+        "security.jwt.tokenExpirationTime",
+        Int(60, 2**31 - 1),
+        "9000",
+        "Seconds an admin access token (JWT) is valid",
+    ),
+    Setting(
+        "JWT_REFRESH_TOKEN_EXPIRATION_TIME",
+        "security.jwt.refreshTokenExpTime",
+        Int(60, 2**31 - 1),
+        "604800",
+        "Seconds an admin refresh token is valid",
+    ),
+    Setting(
+        "JWT_TOKEN_ISSUER",
+        "security.jwt.tokenIssuer",
+        Str(),
+        "thingsboard.io",
+        "Issuer (iss) of the admin tokens",
+    ),
+    Setting(
+        "JWT_TOKEN_SIGNING_KEY",
+        "security.jwt.tokenSigningKey",
+        Str(),
+        "",
+        "HMAC key signing admin tokens; empty: a random key kept in PYTBMQ_DATA_DIR",
+    ),
+    Setting(
+        "METRICS_AUTH_ENABLED",
+        "management.metrics.auth.enabled",
+        Bool(),
+        "true",
+        "Require an admin token for /actuator/prometheus and /metrics",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "SWAGGER_ENABLED",
+        "springdoc.api-docs.enabled",
+        Bool(),
+        "true",
+        "Serve the OpenAPI document and the interactive API docs (/swagger-ui/)",
+    ),
 )
 
 
@@ -1313,6 +1464,27 @@ class Settings:
     listener_wss_new_connections_per_ip_per_sec: int
     listener_ssl_max_handshakes_in_progress: int
     listener_wss_max_handshakes_in_progress: int
+    http_enabled: bool
+    http_bind_address: str
+    http_bind_port: int
+    ssl_enabled: bool
+    ssl_credentials_type: str
+    ssl_pem_cert: str
+    ssl_pem_key: str
+    ssl_pem_key_password: str
+    ssl_key_store_type: str
+    ssl_key_store: str
+    ssl_key_store_password: str
+    ssl_key_alias: str
+    ssl_key_password: str
+    security_admin_username: str
+    security_admin_password: str
+    jwt_token_expiration_time: int
+    jwt_refresh_token_expiration_time: int
+    jwt_token_issuer: str
+    jwt_token_signing_key: str
+    metrics_auth_enabled: bool
+    swagger_enabled: bool
 
 
 # --------------------------------------------------------------------------- loading

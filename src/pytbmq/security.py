@@ -74,6 +74,22 @@ class Security:
         loop = self._loop or asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_thread, fn)
 
+    async def run_db(self, fn: Callable[[SecurityDb], _T]) -> _T:
+        """Run `fn(db)` on the database thread (the REST API's reads and writes). A
+        change is applied to the live broker at once, without waiting for the poll."""
+        result = await self._on_db(lambda: fn(self._db))
+        await self._reload()
+        return result
+
+    async def read_db(self, fn: Callable[[SecurityDb], _T]) -> _T:
+        """Run a read-only `fn(db)` on the database thread."""
+        return await self._on_db(lambda: fn(self._db))
+
+    async def run_hash(self, fn: Callable[[], _T]) -> _T:
+        """CPU-heavy password work (scrypt) on the hashing threads."""
+        loop = self._loop or asyncio.get_running_loop()
+        return await loop.run_in_executor(self._hash_threads, fn)
+
     # ------------------------------------------------------------------ snapshot
     async def _reload(self) -> None:
         def read() -> tuple[int, SecurityState, set[tuple[str, str]]]:

@@ -79,6 +79,8 @@ def broker_env(data_dir: Path, overrides: dict[str, Any] | None = None) -> dict[
             "LISTENER_TCP_BIND_ADDRESS": "127.0.0.1",
             "LISTENER_TCP_BIND_PORT": "0",
             "LISTENER_WS_ENABLED": "false",
+            "HTTP_BIND_ADDRESS": "127.0.0.1",
+            "HTTP_BIND_PORT": "0",
             "PYTBMQ_DATA_DIR": str(data_dir),
             "PYTBMQ_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",

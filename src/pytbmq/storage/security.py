@@ -45,7 +45,7 @@ from pytbmq.errors import StorageError
 log = logging.getLogger(__name__)
 
 SECURITY_DB_FILE = "security.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x70746273  # "ptbs": pytbmq security
 BUSY_TIMEOUT_MS = 5000
 
@@ -85,9 +85,41 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Admin users of the REST API and broker settings changed at run time."""
+    conn.execute(
+        """CREATE TABLE admin_user (
+            id TEXT PRIMARY KEY,
+            email TEXT UNIQUE NOT NULL,
+            first_name TEXT,
+            last_name TEXT,
+            authority TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_time INTEGER
+        )"""
+    )
+    conn.execute("CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 # MIGRATIONS[n] turns a schema n-1 database into schema n (run inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_to_1,
+    2: _migrate_to_2,
+}
 _OUR_TABLES = frozenset({"credentials", "blocked_client", "unauthorized_client"})
+
+
+class AdminUser(NamedTuple):
+    """An admin of the REST API. `authority` is SYS_ADMIN (everything) or SYS_VIEWER
+    (read-only, a pytbmq addition)."""
+
+    id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    authority: str
+    password_hash: str
+    created_time: int
 
 
 class CredentialsRecord(NamedTuple):
@@ -469,3 +501,58 @@ class SecurityDb:
             return conn.execute(
                 "DELETE FROM unauthorized_client WHERE ts < ?", (older_than_ms,)
             ).rowcount
+
+    # ---------------------------------------------------------------- admin users
+    def add_admin_user(
+        self,
+        email: str,
+        password_hash: str,
+        authority: str = "SYS_ADMIN",
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> AdminUser:
+        user = AdminUser(
+            str(uuid.uuid4()), email, first_name, last_name, authority, password_hash, _now_ms()
+        )
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM admin_user WHERE email = ?", (email,)).fetchone():
+                raise ValueError(f"email: an admin user {email!r} already exists")
+            conn.execute("INSERT INTO admin_user VALUES (?, ?, ?, ?, ?, ?, ?)", tuple(user))
+        return user
+
+    def list_admin_users(self) -> list[AdminUser]:
+        rows = self._read("SELECT * FROM admin_user ORDER BY created_time, email")
+        return [AdminUser(*row) for row in rows]
+
+    def get_admin_user(
+        self, *, user_id: str | None = None, email: str | None = None
+    ) -> AdminUser | None:
+        if user_id is not None:
+            rows = self._read("SELECT * FROM admin_user WHERE id = ?", (user_id,))
+        else:
+            rows = self._read("SELECT * FROM admin_user WHERE email = ?", (email,))
+        return AdminUser(*rows[0]) if rows else None
+
+    def set_admin_password(self, user_id: str, password_hash: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE admin_user SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+            )
+            return cur.rowcount > 0
+
+    def remove_admin_user(self, user_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM admin_user WHERE id = ?", (user_id,)).rowcount > 0
+
+    # ---------------------------------------------------------------- settings
+    def get_setting(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM setting WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def put_setting(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO setting VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
