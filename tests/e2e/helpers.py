@@ -115,6 +115,7 @@ class BrokerProcess:
     # -- lifecycle
     def start(self, timeout: float = READY_TIMEOUT) -> BrokerProcess:
         env = broker_env(self.workdir / "data", self.env_overrides)
+        mark = self.log_mark()  # a restart must not read the previous run's lines
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pytbmq"],
             cwd=self.workdir,
@@ -136,11 +137,11 @@ class BrokerProcess:
             thread.start()
             self._threads.append(thread)
         try:
-            self.wait_for_log(r"pytbmq ready", timeout=timeout)
+            self.wait_for_log(r"pytbmq ready", timeout=timeout, since=mark)
         except AssertionError:
             self.stop()
             raise
-        for line in self.logs():
+        for line in self.logs()[mark:]:
             match = LISTENER_RE.search(line)
             if match:
                 self.ports[match.group(1).lower()] = int(match.group(3))
