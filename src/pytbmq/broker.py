@@ -233,6 +233,12 @@ class Broker:
             log.info("listener %s: %s", name, admission.describe())
         return admission
 
+    def listener_name(self, server: asyncio.Server | TlsListener) -> str:
+        """The name ("tcp", "ws", ...) of one of `self.servers`."""
+        if isinstance(server, TlsListener):
+            return server.spec.name
+        return self._names.get(id(server), "?")
+
     def _addresses(self) -> list[tuple[str, str]]:
         """(listener name, host:port) of every open listener."""
         out: list[tuple[str, str]] = []

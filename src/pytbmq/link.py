@@ -163,6 +163,8 @@ class Link(asyncio.BufferedProtocol):
         self._negotiated: Negotiated | None = None
         # authentication
         self.client_type = "DEVICE"
+        self.credentials_name: str | None = None  # the credentials that authenticated it
+        self.keep_alive = 0  # seconds, as negotiated
         self._rules: AuthRules | None = None  # None: no restriction
         self._pub_allowed: dict[str, bool] = {}
         self._authenticating = False  # CONNECT waits for a decision; packets wait too
@@ -208,6 +210,7 @@ class Link(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._closing:
             return
+        self.router.counters.network_bytes_received += nbytes
         self._last_rx = self._now_mono()
         pending = self._pending
         if pending:
@@ -602,6 +605,8 @@ class Link(asyncio.BufferedProtocol):
             self._refuse(connect, ReasonCode.QUOTA_EXCEEDED, refusal)
             return
         self._negotiated = neg
+        self.keep_alive = neg.keep_alive
+        self.credentials_name = credentials
         self._limit_out = neg.session_expiry == 0 and (
             self._out_limit is not None or self.settings.total_limit is not None
         )
@@ -827,6 +832,9 @@ class Link(asyncio.BufferedProtocol):
         size = len(head) + len(tail) + (2 if qos else 0)
         if self._max_out is not None and size > self._max_out:
             return False  # [MQTT-3.1.2-24]
+        counters = self.router.counters
+        counters.sent[qos] += 1
+        counters.sent_bytes += len(message.payload)
         if self._held:  # keep this connection's order behind a held acknowledgement
             pid_bytes = packet_id.to_bytes(2, "big") if qos and packet_id is not None else b""
             self._hold(head + pid_bytes + tail)
@@ -950,7 +958,9 @@ class Link(asyncio.BufferedProtocol):
         self._out = []
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            data = b"".join(out) if len(out) > 1 else out[0]
+            self.router.counters.network_bytes_sent += len(data)
+            transport.write(data)
 
     def _close(self) -> None:
         if self._closing:

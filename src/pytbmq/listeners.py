@@ -270,6 +270,11 @@ class TlsListener:
         finally:
             self.slots.release()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the accept loops are still running (for health checks)."""
+        return bool(self._accepting) and not any(t.done() for t in self._accepting)
+
     def close(self) -> None:
         for task in self._accepting:
             task.cancel()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from pytbmq.changes import (
     IN_DEL,
@@ -39,7 +39,14 @@ from pytbmq.changes import (
 )
 from pytbmq.errors import ProtocolViolation
 from pytbmq.message import Message
-from pytbmq.protocol.packets import ReasonCode, Subscribe, Will
+from pytbmq.protocol.packets import (
+    EMPTY_PROPERTIES,
+    Properties,
+    ReasonCode,
+    Subscribe,
+    Subscription,
+    Will,
+)
 from pytbmq.session import (
     NEVER_EXPIRES,
     Outgoing,
@@ -84,6 +91,13 @@ class Counters:
     messages_dropped_rate_limit: int = 0  # outgoing QoS 0 over MQTT_OUTGOING/TOTAL limits
     messages_refused_rate_limit: int = 0  # incoming PUBLISH over MQTT_INCOMING/TOTAL limits
     messages_expired: int = 0
+    # Traffic, for the metrics (pytbmq.api.metrics): one `+=` per message each.
+    received: list[int] = field(default_factory=lambda: [0, 0, 0])  # PUBLISH in, by QoS
+    received_bytes: int = 0  # payload bytes of the messages published
+    sent: list[int] = field(default_factory=lambda: [0, 0, 0])  # PUBLISH out, by QoS
+    sent_bytes: int = 0  # payload bytes of the PUBLISH packets sent
+    network_bytes_received: int = 0  # MQTT bytes read from clients (after TLS/WebSocket)
+    network_bytes_sent: int = 0  # MQTT bytes written to clients
 
 
 RetainedDelivery = tuple[Message, int, tuple[int, ...]]
@@ -108,6 +122,11 @@ class Router:
         self._last_sid = 0  # ids handed out to stored sessions, rows and messages
         self._last_row = 0
         self._last_msg = 0
+        # For the admin API: each session's latest connection, when retained messages
+        # were set (since the broker started; not stored).
+        self.connections: dict[str, ConnectionInfo] = {}
+        self.retained_at: dict[str, float] = {}
+        self._last_connection = 0
 
     # ---------------------------------------------------------------- change log
     def enable_changes(self, on_change: Callable[[], None] | None = None) -> None:
@@ -315,6 +334,7 @@ class Router:
                     self._store_session(session)
             elif session.stored:
                 self._unstore_session(session)  # resumed with expiry 0: ends with the link
+        self._note_connection(session, link, clean_start, now)
         return session, present
 
     def session_started(self, session: Session, now: float) -> None:
@@ -366,6 +386,7 @@ class Router:
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
         self._expiry_at.pop(cid, None)
+        self.connections.pop(cid, None)
         pending = self._pending_wills.pop(cid, None)
         if pending is not None:
             self._publish_will(cid, pending.will, now)  # the session ended before the delay
@@ -413,10 +434,14 @@ class Router:
     # ---------------------------------------------------------------- publish
     def publish(self, msg: Message, now: float) -> int:
         """Route a message to every matching subscription; returns how many matched."""
-        self.counters.messages_published += 1
+        counters = self.counters
+        counters.messages_published += 1
+        counters.received[msg.qos] += 1
+        counters.received_bytes += len(msg.payload)
         if msg.retain:
             if msg.payload:
                 self.retained.set(msg.topic, msg)  # [MQTT-3.3.1-5]
+                self.retained_at[msg.topic] = now
                 if self.changes is not None:
                     self._log((RET_PUT, msg))
             elif self.retained.delete(msg.topic) and self.changes is not None:
@@ -857,6 +882,111 @@ class Router:
             self._pending_wills[client_id] = PendingWill(will, due)
             self._schedule(due, _WILL, client_id)
 
+    # ---------------------------------------------------------------- admin (REST API)
+    def _note_connection(
+        self, session: Session, link: SessionLink, clean_start: bool, now: float
+    ) -> None:
+        """Remember what the admin API shows about the connection that just attached."""
+        self._last_connection += 1
+        self.connections[session.client_id] = ConnectionInfo(
+            self._last_connection,
+            now,
+            clean_start,
+            getattr(link, "address", None),
+            getattr(link, "keep_alive", 0),
+        )
+
+    def connection_info(self, session: Session) -> ConnectionInfo:
+        """The latest connection of a live session; a session restored from the store that
+        has not connected since the broker started gets a fresh number and no details."""
+        info = self.connections.get(session.client_id)
+        if info is None:
+            self._last_connection += 1
+            info = ConnectionInfo(self._last_connection, None, False, None, 0)
+            self.connections[session.client_id] = info
+        return info
+
+    def disconnect_client(self, client_id: str, reason_code: int) -> bool:
+        """Close a client's connection now (MQTT 5: DISCONNECT with `reason_code`); the
+        session goes offline as for any server-side close (will published, a persistent
+        session stays). False when the client is not connected."""
+        session = self.sessions.get(client_id)
+        link = session.link if session is not None else None
+        if link is None:
+            return False
+        link.close_by_server(reason_code)
+        return True
+
+    def remove_session(self, client_id: str, now: float) -> bool:
+        """End a disconnected session now: its subscriptions, queue and stored rows go.
+        False when there is no such session or its client is connected."""
+        session = self.sessions.get(client_id)
+        if session is None or session.link is not None:
+            return False
+        self._end_session(session, now)
+        return True
+
+    def filter_problem(self, full: str, no_local: bool = False) -> str | None:
+        """Why a topic filter (shared form allowed) cannot be subscribed, or None: the
+        checks `subscribe` applies, in words for the admin API."""
+        try:
+            group, topic_filter = parse_shared(full)
+        except ValueError as exc:
+            return str(exc)
+        if not validate_topic_filter(topic_filter):
+            return f"invalid topic filter {full!r}"
+        cfg = self.config
+        if cfg.topic_max_segments and topic_filter.count("/") >= cfg.topic_max_segments:
+            return (
+                f"topic filter {full!r} has more than {cfg.topic_max_segments} levels "
+                "(MQTT_TOPIC_MAX_SEGMENTS_COUNT)"
+            )
+        if topic_filter == "#" and not cfg.root_wildcard_allowed:
+            return "'#' is not allowed (MQTT_SUBSCRIPTION_ROOT_MULTI_LVL_WILDCARD)"
+        if group is not None and no_local:
+            return f"No Local is not allowed on a shared subscription ({full!r})"
+        return None
+
+    def set_subscriptions(
+        self,
+        session: Session,
+        wanted: Sequence[tuple[Subscription, int | None]],
+        now: float,
+    ) -> None:
+        """Replace a session's subscriptions with `wanted` ((subscription, subscription
+        id) pairs whose filters passed `filter_problem`), logged like SUBSCRIBE and
+        UNSUBSCRIBE. A filter new to the session gets the retained messages a SUBSCRIBE
+        would bring (per its Retain Handling); unchanged filters are left alone."""
+        new = {sub.topic_filter: (sub, sub_id) for sub, sub_id in wanted}
+        gone = tuple(full for full in session.subscriptions if full not in new)
+        if gone:
+            self.unsubscribe(session, gone)
+        deliveries: list[RetainedDelivery] = []
+        for full, (sub, sub_id) in new.items():
+            old = session.subscriptions.get(full)
+            fields = (sub.qos, sub.no_local, sub.retain_as_published, sub.retain_handling, sub_id)
+            if old is not None and _sub_fields(old) == fields:
+                continue
+            props = (
+                EMPTY_PROPERTIES
+                if sub_id is None
+                else Properties(subscription_identifiers=(sub_id,))
+            )
+            _codes, retained = self.subscribe(session, Subscribe(0, (sub,), props), True)
+            if old is None:
+                deliveries.extend(retained)
+        if deliveries:
+            self.send_retained(session, deliveries, now)
+
+    def delete_retained(self, topic: str) -> bool:
+        """Forget the retained message of `topic` (stored too); False if there was none."""
+        if not self.retained.delete(topic):
+            return False
+        self.retained_at.pop(topic, None)
+        if self.changes is not None:
+            self._log((RET_DEL, topic))
+        return True
+
 
 def _sub_fields(opts: SubOptions) -> tuple[int, bool, bool, int, int | None]:
     return (opts.qos, opts.no_local, opts.retain_as_published, opts.retain_handling, opts.sub_id)
@@ -864,3 +994,24 @@ def _sub_fields(opts: SubOptions) -> tuple[int, bool, bool, int, int | None]:
 
 def _online(_cid: str, opts: SubOptions) -> bool:
     return opts.session.link is not None
+
+
+class ConnectionInfo:
+    """What the admin API shows about a session's latest connection: its number (the
+    API's session id), when it connected, its clean start flag, address and keep alive."""
+
+    __slots__ = ("address", "clean_start", "connected_at", "keep_alive", "number")
+
+    def __init__(
+        self,
+        number: int,
+        connected_at: float | None,
+        clean_start: bool,
+        address: str | None,
+        keep_alive: int,
+    ) -> None:
+        self.number = number
+        self.connected_at = connected_at  # wall-clock seconds; None: not since the start
+        self.clean_start = clean_start
+        self.address = address
+        self.keep_alive = keep_alive

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pytbmq.auth.service import AuthConfig, Authenticator, AuthRequest, AuthResult, SecurityState
+from pytbmq.auth.credentials import AuthStrategy
+from pytbmq.auth.service import (
+    BASIC,
+    X_509,
+    AuthConfig,
+    Authenticator,
+    AuthRequest,
+    AuthResult,
+    SecurityState,
+)
 from pytbmq.auth.unauthorized import UnauthorizedClient
 from pytbmq.errors import StorageError
 from pytbmq.storage.security import SECURITY_DB_FILE, SecurityDb
@@ -35,6 +46,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 HASH_THREADS = 2
+PROVIDERS_SETTING = "auth_providers"  # provider settings changed through the REST API
 _T = TypeVar("_T")
 
 
@@ -57,8 +69,40 @@ class Security:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._on_db(lambda: self._db.open(create=True))
+        await self._load_providers()
         await self._reload()
         self._task = self._loop.create_task(self._watch())
+
+    async def _load_providers(self) -> None:
+        """Provider settings stored by the REST API override SECURITY_MQTT_*."""
+        text = await self._on_db(lambda: self._db.get_setting(PROVIDERS_SETTING))
+        if text is None:
+            return
+        try:
+            config = providers_from_json(self.config, text)
+        except ValueError as exc:
+            log.error("security database %s: stored provider settings ignored: %s", self.path, exc)
+            return
+        self.config = self.authenticator.config = config
+        log.info(
+            "the authentication provider settings stored in %s (changed through the REST "
+            "API) override SECURITY_MQTT_*: %s",
+            self.path,
+            providers_to_json(config),
+        )
+
+    async def set_providers(self, config: AuthConfig) -> None:
+        """Use `config` from the next CONNECT on and keep it in the security database,
+        where it overrides the SECURITY_MQTT_* settings at the next start."""
+        text = providers_to_json(config)
+        await self._on_db(lambda: self._db.put_setting(PROVIDERS_SETTING, text))
+        self.config = self.authenticator.config = config
+        log.info("authentication providers changed, in order: %s", config.describe())
+        if not config.enabled:
+            log.warning(
+                "authentication is now disabled: every client may connect, publish and "
+                "subscribe without credentials"
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -187,6 +231,54 @@ class Security:
 
         with contextlib.suppress(RuntimeError):  # shut down
             self._db_thread.submit(run)
+
+
+def providers_to_json(config: AuthConfig) -> str:
+    """The provider settings the REST API may change, as stored in the security database."""
+    return json.dumps(
+        {
+            "basic": config.basic,
+            "x509": config.x509,
+            "scram": config.scram,
+            "priority": list(config.priority),
+            "single": config.single,
+            "basicStrategy": str(config.basic_strategy),
+            "skipValidity": config.skip_validity,
+        }
+    )
+
+
+def providers_from_json(base: AuthConfig, text: str) -> AuthConfig:
+    """`base` with the settings of `providers_to_json`'s text; ValueError if malformed."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    changes: dict[str, object] = {}
+    for key, field in (
+        ("basic", "basic"),
+        ("x509", "x509"),
+        ("scram", "scram"),
+        ("single", "single"),
+        ("skipValidity", "skip_validity"),
+    ):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ValueError(f"{key}: must be a boolean")
+            changes[field] = data[key]
+    if "priority" in data:
+        priority = data["priority"]
+        if not isinstance(priority, list) or sorted(map(str, priority)) != sorted((BASIC, X_509)):
+            raise ValueError(f"priority: must list {BASIC} and {X_509} once each")
+        changes["priority"] = tuple(priority)
+    if "basicStrategy" in data:
+        try:
+            changes["basic_strategy"] = AuthStrategy(str(data["basicStrategy"]))
+        except ValueError:
+            raise ValueError("basicStrategy: unknown strategy") from None
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def warn_if_open(config: AuthConfig, listeners: list[tuple[str, str]]) -> None:

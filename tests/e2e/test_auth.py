@@ -10,6 +10,7 @@ plain MQTT, WebSocket and WebSocket Secure (``transports``) and over MQTTS.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -134,10 +135,10 @@ def open_broker(_open_broker: BrokerProcess) -> Iterator[BrokerProcess]:
 
 
 def _add_expired_block(data: Path, client_id: str) -> None:
-    """A CLIENT_ID block whose expiration time is already in the past."""
-    security_cli(
-        data, "blocked", "add", "--client-id", client_id, "--expires", "2020-01-01T00:00:00+00:00"
-    )
+    """A CLIENT_ID block that expired an hour ago: no longer applied, but still listed
+    (the broker removes expired entries only BLOCKED_CLIENT_CLEANUP_TTL_MINUTES later)."""
+    expired = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    security_cli(data, "blocked", "add", "--client-id", client_id, "--expires", expired)
 
 
 # --------------------------------------------------------------------------- small helpers

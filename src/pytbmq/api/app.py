@@ -38,7 +38,14 @@ def _routers() -> list[APIRouter]:
 
 
 # Modules under pytbmq.api that define `router` (besides auth).
-ROUTER_MODULES: tuple[str, ...] = ()
+ROUTER_MODULES: tuple[str, ...] = (
+    "credentials",
+    "providers",
+    "clients",
+    "system",
+    "sessions",
+    "messages",
+)
 
 
 def create_app(ctx: ApiContext) -> FastAPI:

@@ -15,6 +15,8 @@ the disk holds. Created by the broker; used by links (pytbmq.link) through the W
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -29,7 +31,20 @@ class Holder(Protocol):
 
 
 class Committer:
-    __slots__ = ("_loop", "_router", "_scheduled", "_store", "_waiting", "committed", "submitted")
+    __slots__ = (
+        "_loop",
+        "_router",
+        "_scheduled",
+        "_store",
+        "_submitted_at",
+        "_waiting",
+        "batches_committed",
+        "committed",
+        "latency_last",
+        "latency_max",
+        "latency_sum",
+        "submitted",
+    )
 
     def __init__(self, router: Router, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self._router = router
@@ -39,6 +54,12 @@ class Committer:
         self._waiting: dict[int, list[Holder]] = {}
         self.submitted = 0  # number of the last batch handed to the store
         self.committed = 0  # number of the last batch the store reported durable
+        # Batch latency, submit to commit as the event loop sees it (for the metrics).
+        self._submitted_at: deque[tuple[int, float]] = deque()
+        self.batches_committed = 0
+        self.latency_last = 0.0  # seconds
+        self.latency_sum = 0.0
+        self.latency_max = 0.0
         router.enable_changes(self._schedule)
 
     def _schedule(self) -> None:
@@ -55,6 +76,7 @@ class Committer:
         changes = self._router.take_changes()
         if changes:
             self.submitted += 1
+            self._submitted_at.append((self.submitted, time.monotonic()))
             self._store.submit(self.submitted, changes)
 
     def after_read(self) -> None:
@@ -84,10 +106,23 @@ class Committer:
         if seq <= self.committed:
             return
         self.committed = seq
+        self._timed(seq)
         waiting = self._waiting
         for done in sorted(s for s in waiting if s <= seq):
             for holder in waiting.pop(done):
                 holder.release(seq)
+
+    def _timed(self, seq: int) -> None:
+        """Record the latency of the batches up to `seq`, just committed."""
+        pending = self._submitted_at
+        now = time.monotonic()
+        while pending and pending[0][0] <= seq:
+            latency = now - pending.popleft()[1]
+            self.batches_committed += 1
+            self.latency_last = latency
+            self.latency_sum += latency
+            if latency > self.latency_max:
+                self.latency_max = latency
 
     async def flush(self) -> None:
         """Submit what is logged and wait until the store has committed it."""

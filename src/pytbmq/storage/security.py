@@ -502,6 +502,58 @@ class SecurityDb:
                 "DELETE FROM unauthorized_client WHERE ts < ?", (older_than_ms,)
             ).rowcount
 
+    # ---------------------------------------------------------------- credentials by id
+    _RECORD_COLUMNS = "id, created_time, name, client_type, credentials_type, value"
+
+    def list_credentials_records(
+        self, where: str = "", params: tuple[Any, ...] = ()
+    ) -> list[CredentialsRecord]:
+        """Stored credentials with their ids, in creation order (`where` filters)."""
+        rows = self._read(
+            f"SELECT {self._RECORD_COLUMNS} FROM credentials {where} ORDER BY seq", params
+        )
+        out: list[CredentialsRecord] = []
+        for rid, created, *rest in rows:
+            cred = self._parse_row(*rest)
+            if cred is not None:
+                out.append(CredentialsRecord(str(rid), int(created or 0), cred))
+        return out
+
+    def get_credentials_record_by_id(self, record_id: str) -> CredentialsRecord | None:
+        found = self.list_credentials_records("WHERE id = ?", (record_id,))
+        return found[0] if found else None
+
+    def update_credentials(self, record_id: str, cred: MqttClientCredentials) -> bool:
+        """Overwrite record `record_id` keeping its id, position and creation time."""
+        key = cred.unique_key
+        value = json.dumps(credentials_value_document(cred.value, include_secrets=True))
+        with self._write() as conn:
+            clash = conn.execute(
+                "SELECT name, unique_key FROM credentials "
+                "WHERE id != ? AND (name = ? OR unique_key = ?)",
+                (record_id, cred.name, key),
+            ).fetchone()
+            if clash is not None:
+                if clash[0] == cred.name:
+                    raise ValueError(f"name: credentials named '{cred.name}' already exist")
+                raise ValueError(
+                    f"credentialsValue: credentials '{clash[0]}' already have the credentials "
+                    f"id {key}"
+                )
+            cursor = conn.execute(
+                "UPDATE credentials SET name = ?, client_type = ?, credentials_type = ?, "
+                "unique_key = ?, value = ? WHERE id = ?",
+                (
+                    cred.name,
+                    str(cred.client_type),
+                    str(cred.credentials_type),
+                    key,
+                    value,
+                    record_id,
+                ),
+            )
+            return cursor.rowcount > 0
+
     # ---------------------------------------------------------------- admin users
     def add_admin_user(
         self,

@@ -896,7 +896,14 @@ class SqliteStore:
         self._on_committed: Callable[[int], None] | None = None
         self._closing = threading.Event()
         self._failing_since = 0.0
+        self.last_error: str | None = None  # why commits fail right now (None: they work)
         self.committed_seq = 0
+
+    @property
+    def healthy(self) -> bool:
+        """The writer thread runs and its commits work (for /actuator/health)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self.last_error is None
 
     async def open(self, on_committed: Callable[[int], None]) -> StoredState:
         self._loop = asyncio.get_running_loop()
@@ -994,6 +1001,7 @@ class SqliteStore:
                 now = time.monotonic()
                 if not self._failing_since:
                     self._failing_since = now
+                self.last_error = str(exc) or type(exc).__name__
                 log.error(
                     "store %s: cannot commit (%s); acknowledgements are held and the "
                     "write is retried in %.2fs",
@@ -1016,6 +1024,7 @@ class SqliteStore:
                 time.monotonic() - self._failing_since,
             )
             self._failing_since = 0.0
+            self.last_error = None
         self._notify(seq)
 
     def _compact(self) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -330,6 +331,10 @@ class TlsContextHolder:
         self._digest = files_digest(cfg.watched_files())
         self.reloads = 0
         self.failed_reloads = 0
+        self.loaded_at = time.time()  # when the material in use was loaded (wall clock)
+        self.last_reload_at: float | None = None  # the last reload attempt, if any
+        self.last_reload_reason = ""  # what triggered it: "SIGHUP", "files changed"
+        self.last_reload_error: str | None = None  # why it failed (None: it worked)
 
     def describe(self) -> str:
         leaf = self.material.leaf
@@ -346,11 +351,14 @@ class TlsContextHolder:
     def reload(self, reason: str) -> bool:
         """Validate the files again and swap the context in; keep the old one on failure."""
         digest = files_digest(self.cfg.watched_files())
+        self.last_reload_at = time.time()
+        self.last_reload_reason = reason
         try:
             material = load_material(self.cfg)
             context = build_context(self.cfg, material)
         except TlsConfigError as exc:
             self.failed_reloads += 1
+            self.last_reload_error = str(exc)
             self._digest = digest  # do not retry the same broken files every interval
             log.error(
                 "%s: TLS reload failed (%s), keeping the current material: %s",
@@ -361,5 +369,7 @@ class TlsContextHolder:
             return False
         self.material, self.context, self._digest = material, context, digest
         self.reloads += 1
+        self.loaded_at = self.last_reload_at
+        self.last_reload_error = None
         log.info("%s: TLS material reloaded (%s): %s", self.cfg.name, reason, self.describe())
         return True
