@@ -295,6 +295,7 @@ class Router:
             old = session.link
             self.connection_lost(session, now, publish_will=True)
             old.close_by_server(ReasonCode.SESSION_TAKEN_OVER)
+            session = self.sessions.get(client_id)  # gone if its expiry interval was 0
         present = False
         if session is not None:
             if clean_start:

@@ -11,6 +11,7 @@ from pytbmq.message import Message
 from pytbmq.protocol.packets import (
     EMPTY_PROPERTIES,
     Properties,
+    ReasonCode,
     Subscribe,
     Subscription,
     Will,
@@ -428,3 +429,17 @@ def test_expiry_forwarded_as_remaining_time() -> None:
     head, tail = m.encoded(True, 0, False, (), NOW + 10.5)
     assert bytes([0x02, 0, 0, 0, 50]) in head + tail  # [MQTT-3.3.2-6]
     assert m.expired(NOW + 60) and not m.expired(NOW + 59)
+
+
+def test_takeover_of_an_expiry_0_session_starts_a_fresh_one() -> None:
+    """Found by the link fuzzer: the ended session must not be resumed (session present
+    0), and the new one must be the router's, so that a third connection takes it over."""
+    r = Router()
+    a, _, _ = connect(r, "c", expiry=0)
+    sub(r, a, Subscription("old/#", 0))
+    b, link_b, present = connect(r, "c", clean=False, expiry=0)
+    assert not present
+    assert r.sessions["c"] is b and b is not a
+    assert not b.subscriptions
+    _c, _, _ = connect(r, "c", clean=False, expiry=0)
+    assert link_b.closed_with == ReasonCode.SESSION_TAKEN_OVER
