@@ -187,6 +187,51 @@ def _load_cert_chain(ctx: ssl.SSLContext, material: ServerMaterial) -> None:
     )
 
 
+# TLS 1.2 suites of Mozilla's "intermediate" server profile (v5.7), the default when
+# LISTENER_*_ENABLED_CIPHER_SUITES is empty. TLS 1.3 suites are OpenSSL's (all allowed).
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# Key-exchange groups of the same profile. OpenSSL also offers X448 and P-521 by default.
+KEY_EXCHANGE_GROUPS = b"X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST = 92
+
+
+def restrict_groups(ctx: ssl.SSLContext) -> str:
+    """Limit the key-exchange groups to X25519, P-256 and P-384; returns what was set.
+
+    Python's ssl module has no call for a group list, so OpenSSL's
+    SSL_CTX_set1_groups_list is called through ctypes on the context's SSL_CTX (the first
+    field after the object header of CPython's PySSLContext, stable since 3.6). If that is
+    not possible, the context is limited to P-256 with set_ecdh_curve (also compliant;
+    TLS 1.3 clients leading with X25519 then need one more round trip).
+    """
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
+        ctrl = lib.SSL_CTX_ctrl
+        ctrl.restype = ctypes.c_long
+        ctrl.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p)
+        ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not ssl_ctx or ctrl(ssl_ctx, _SSL_CTRL_SET_GROUPS_LIST, 0, KEY_EXCHANGE_GROUPS) != 1:
+            raise OSError("SSL_CTX_set1_groups_list failed")
+    except (OSError, AttributeError, ValueError):
+        ctx.set_ecdh_curve("prime256v1")
+        return "P-256"
+    return KEY_EXCHANGE_GROUPS.decode()
+
+
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the ssl module has no name for it.
 X509_V_FLAG_NO_CHECK_TIME = ssl.VerifyFlags(0x200000)
 
@@ -203,6 +248,11 @@ def build_context(cfg: TlsListenerConfig, material: ServerMaterial) -> ssl.SSLCo
     ciphers, warnings = resolve_cipher_suites(cfg.cipher_suites, var, min_tls13)
     for text in warnings:
         log.warning("%s", text)
+    if ciphers is None:
+        # Mozilla's "intermediate" profile instead of CPython's default string, which
+        # still offers CBC-mode suites.
+        ciphers = MOZILLA_INTERMEDIATE_CIPHERS
+    restrict_groups(ctx)
     if ciphers is not None:
         try:
             ctx.set_ciphers(ciphers)
