@@ -147,6 +147,7 @@ class Link(asyncio.BufferedProtocol):
         self._max_out: int | None = None
         self._pending = bytearray()
         self._out: list[bytes] = []
+        self._unflushed = 0  # PUBLISH bytes handed over since the last flush
         self._held: list[tuple[int, bytes]] = []  # (batch to commit first, bytes)
         self._marked = False
         self._paused = False
@@ -832,6 +833,7 @@ class Link(asyncio.BufferedProtocol):
         size = len(head) + len(tail) + (2 if qos else 0)
         if self._max_out is not None and size > self._max_out:
             return False  # [MQTT-3.1.2-24]
+        self._unflushed += size
         counters = self.router.counters
         counters.sent[qos] += 1
         counters.sent_bytes += len(message.payload)
@@ -881,7 +883,14 @@ class Link(asyncio.BufferedProtocol):
         self._write(encode(PubRel(packet_id), self.version))
 
     def can_take_qos0(self) -> bool:
-        return not self._paused and not self._closing
+        # _paused is only set once a flush overfills the socket's buffer; counting what
+        # this loop turn handed over keeps a resumed session from moving its whole queue
+        # into flight (and memory) in one turn.
+        return (
+            not self._paused
+            and not self._closing
+            and self._unflushed < self.settings.write_high_water
+        )
 
     def close_by_server(self, reason_code: int) -> None:
         """Server-initiated close; the router has already detached the session."""
@@ -952,6 +961,8 @@ class Link(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         self._marked = False
+        gated = self._unflushed >= self.settings.write_high_water
+        self._unflushed = 0
         out = self._out
         if not out:
             return
@@ -961,6 +972,10 @@ class Link(asyncio.BufferedProtocol):
             data = b"".join(out) if len(out) > 1 else out[0]
             self.router.counters.network_bytes_sent += len(data)
             transport.write(data)
+            session = self.session
+            if gated and not self._paused and session is not None:
+                # the socket took it all: what waited for this flush may go now
+                self.router.link_writable(session, time.time())
 
     def _close(self) -> None:
         if self._closing:
