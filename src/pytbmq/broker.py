@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -211,7 +210,6 @@ class Broker:
         self._ticker = loop.create_task(self._tick())
         if self.api is not None:
             await self.api.start()
-        tune_gc()
         warn_if_open(security.config, self._addresses())
         log.info(
             "pytbmq ready: %d listener(s), store %s, data dir %s",
@@ -381,16 +379,6 @@ class Broker:
         except Exception as exc:
             log.error("store %s: closing failed: %s", self.store.location, exc)
         log.info("pytbmq stopped")
-
-
-def tune_gc() -> None:
-    """After startup: what was imported and loaded stays for good (modules, the API's
-    classes, restored state), so the cyclic collector stops scanning it; this shortens
-    every full collection. The thresholds stay Python's: raising them shortened pauses
-    in bench/soak but let cyclic garbage from connection churn pile up (RSS +30 MB/min).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _ignore(_seq: int) -> None:

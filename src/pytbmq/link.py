@@ -883,9 +883,13 @@ class Link(asyncio.BufferedProtocol):
         self._write(encode(PubRel(packet_id), self.version))
 
     def can_take_qos0(self) -> bool:
+        return not self._paused and not self._closing
+
+    def writable(self) -> bool:
         # _paused is only set once a flush overfills the socket's buffer; counting what
         # this loop turn handed over keeps a resumed session from moving its whole queue
-        # into flight (and memory) in one turn.
+        # into flight (and memory) in one turn. QoS 0 is not held back by this count:
+        # one busy turn can exceed it while the socket takes everything.
         return (
             not self._paused
             and not self._closing

@@ -523,7 +523,7 @@ class Router:
             link is not None
             and not session.queue
             and len(session.inflight_out) < link.receive_maximum  # [MQTT-4.9.0-2]
-            and link.can_take_qos0()  # a slow consumer's QoS 1/2 waits in the queue
+            and link.writable()  # a slow consumer's QoS 1/2 waits in the queue
         ):
             self._send(session, link, out, now)
         else:
@@ -568,7 +568,7 @@ class Router:
         inflight = session.inflight_out
         limit = link.receive_maximum
         ttl = self.config.queue_ttl if session.client_type != APPLICATION else 0
-        while queue and len(inflight) < limit and link.can_take_qos0():
+        while queue and len(inflight) < limit and link.writable():
             out = queue.popleft()
             if out.message.expired(now):  # [MQTT-3.3.2-5]
                 self.counters.messages_expired += 1

@@ -42,8 +42,13 @@ class SessionLink(Protocol):
 
     def can_take_qos0(self) -> bool:
         """False while the link's outgoing buffer is over its high-water mark (a slow
-        consumer): QoS 0 to it is dropped, QoS 1/2 waits in the session queue until
-        the link calls `Router.link_writable`."""
+        consumer): QoS 0 to it is dropped."""
+        ...
+
+    def writable(self) -> bool:
+        """False while QoS 1/2 should wait in the session queue (the buffer is over its
+        high-water mark, or this loop turn already handed over that much); the link
+        calls `Router.link_writable` when it may take more."""
         ...
 
     def close_by_server(self, reason_code: int) -> None:

@@ -166,6 +166,9 @@ class Link:
     def can_take_qos0(self) -> bool:
         return True
 
+    def writable(self) -> bool:
+        return True
+
     def close_by_server(self, reason_code: int) -> None:
         return None
 

@@ -61,6 +61,9 @@ class RecordingLink:
     def can_take_qos0(self) -> bool:
         return not self.congested
 
+    def writable(self) -> bool:
+        return not self.congested
+
     def close_by_server(self, reason_code: int) -> None:
         self.closed_with = reason_code
 
