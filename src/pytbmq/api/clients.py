@@ -24,7 +24,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from pytbmq.api.auth import Admin, Ctx, Viewer
 from pytbmq.api.errors import bad_request, not_found
-from pytbmq.api.paging import MAX_PAGE_SIZE, PageParams, SortOrder, page_params, paginate
+from pytbmq.api.paging import MAX_PAGE_SIZE, PageParams, SortOrder, enum_list, page_params, paginate
 from pytbmq.auth.blocked import BlockedClient, BlockedType, RegexMatchTarget, parse_blocked
 from pytbmq.auth.unauthorized import UnauthorizedClient
 
@@ -199,21 +199,6 @@ def _blocked_page(ctx: Ctx, entries: list[BlockedClient], params: PageParams) ->
     )
 
 
-def _names(values: list[str] | None, field: str, enum: Any) -> set[str]:
-    out: set[str] = set()
-    for value in values or ():
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            try:
-                out.add(str(enum(item)))
-            except ValueError:
-                allowed = ", ".join(str(e) for e in enum)
-                raise bad_request(f"{field}: unknown value {item!r}; one of {allowed}") from None
-    return out
-
-
 @router.post(BLOCKED, summary="Block a client (TBMQ's BlockedClient document)")
 async def save_blocked(
     body: Annotated[dict[str, Any], Body()], _claims: Admin, ctx: Ctx
@@ -261,8 +246,8 @@ async def list_blocked_v2(
     startTime: Annotated[int | None, Query(description="Earliest expirationTime (ms)")] = None,
     endTime: Annotated[int | None, Query(description="Latest expirationTime (ms)")] = None,
 ) -> dict[str, Any]:
-    types = _names(type, "type", BlockedType)
-    targets = _names(regexMatchTarget, "regexMatchTarget", RegexMatchTarget)
+    types = enum_list(type, "type", BlockedType)
+    targets = enum_list(regexMatchTarget, "regexMatchTarget", RegexMatchTarget)
     entries = await ctx.security.read_db(lambda db: db.list_blocked())
     selected = [
         e

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Body, Query
 
 from pytbmq.api.auth import Admin, Ctx, Viewer
 from pytbmq.api.errors import bad_request, not_found
-from pytbmq.api.paging import MAX_PAGE_SIZE, PageParams, SortOrder, paginate
+from pytbmq.api.paging import MAX_PAGE_SIZE, PageParams, SortOrder, enum_list, paginate
 from pytbmq.auth.credentials import (
     SECRET_MASK,
     BasicCredentials,
@@ -92,22 +92,6 @@ def _page(
         sort_keys=_sort_keys(),
         render=credentials_document,
     )
-
-
-def _enum_list(values: list[str] | None, field: str, enum: Any) -> set[str]:
-    """Values of a list parameter (repeated and/or comma-separated), checked."""
-    out: set[str] = set()
-    for value in values or ():
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            try:
-                out.add(str(enum(item)))
-            except ValueError:
-                allowed = ", ".join(str(e) for e in enum)
-                raise bad_request(f"{field}: unknown value {item!r}; one of {allowed}") from None
-    return out
 
 
 def _parse(document: Any) -> MqttClientCredentials:
@@ -240,8 +224,8 @@ async def list_credentials_v2(
     clientTypeList: Annotated[list[str] | None, Query()] = None,
     credentialsTypeList: Annotated[list[str] | None, Query()] = None,
 ) -> dict[str, Any]:
-    client_types = _enum_list(clientTypeList, "clientTypeList", ClientType)
-    credentials_types = _enum_list(credentialsTypeList, "credentialsTypeList", CredentialsType)
+    client_types = enum_list(clientTypeList, "clientTypeList", ClientType)
+    credentials_types = enum_list(credentialsTypeList, "credentialsTypeList", CredentialsType)
     records = await ctx.security.read_db(lambda db: db.list_credentials_records())
     if client_types:
         records = [r for r in records if str(r.credentials.client_type) in client_types]

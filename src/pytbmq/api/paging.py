@@ -89,3 +89,20 @@ def _sortable(value: Any) -> tuple[int, Any]:
     if isinstance(value, bool | int | float):
         return (1, value)
     return (2, str(value))
+
+
+def enum_list(values: Sequence[str] | None, field: str, enum: Any) -> set[str]:
+    """Values of a list filter (repeated and/or comma-separated), checked against `enum`;
+    an unknown value is a 400 naming the field and the allowed values."""
+    out: set[str] = set()
+    for value in values or ():
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                out.add(str(enum(item)))
+            except ValueError:
+                allowed = ", ".join(str(e) for e in enum)
+                raise bad_request(f"{field}: unknown value {item!r}; one of {allowed}") from None
+    return out
