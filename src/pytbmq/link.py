@@ -247,6 +247,11 @@ class Link(asyncio.BufferedProtocol):
         self._closing = True
         self._held.clear()  # never sent: the client sends those packets again
         self._detach()
+        # uvloop's TLS protocol keeps this link's bound methods after the connection is
+        # gone, so link -> transport -> TLS protocol -> link would be a reference cycle:
+        # dropping the transport lets reference counting free the connection at once,
+        # instead of a full garbage collection much later (memory and pauses).
+        self.transport = None
         if self._connected:
             if exc is not None and self._disconnect_reason == "connection closed":
                 self._disconnect_reason = f"connection lost: {exc}"

@@ -203,6 +203,11 @@ class WsAdapter(asyncio.BufferedProtocol):
         link = self.link
         if link is not None:
             link.connection_lost(exc)
+        # adapter <-> WebSocket transport <-> link are reference cycles: break them so the
+        # connection is freed by reference counting now, not by a full collection later
+        self.link = None
+        self._ws = None
+        self._raw = None
 
     def close_deadline(self) -> None:
         """The connection is closing: abort it if it has not gone in CLOSE_TIMEOUT."""
