@@ -253,6 +253,20 @@ def _comma_items(raw: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class GcThresholds(Kind):
+    """Three positive integers ``gen0,gen1,gen2`` for gc.set_threshold, kept as ``a,b,c``."""
+
+    def parse(self, raw: str) -> str:
+        items = _comma_items(raw)
+        if len(items) != 3 or not all(item.isdigit() and 1 <= int(item) <= 10**9 for item in items):
+            raise ValueError(raw)
+        return ",".join(str(int(item)) for item in items)
+
+    def expected(self) -> str:
+        return "three integers >= 1 separated by commas, e.g. 700,2,100"
+
+
+@dataclass(frozen=True)
 class TokenList(Kind):
     """A comma-separated list of HTTP tokens (WebSocket subprotocol names), kept as
     ``a,b`` without spaces; at least one unless `allow_empty`."""
@@ -970,6 +984,15 @@ SETTINGS: tuple[Setting, ...] = (
         pytbmq_only=True,
     ),
     Setting(
+        "PYTBMQ_GC_THRESHOLDS",
+        "pytbmq.gc_thresholds",
+        GcThresholds(),
+        "700,2,100",
+        "Python's garbage-collector thresholds (gen0,gen1,gen2) once the broker listens; "
+        "short young collections and rare full ones keep pauses small (docs/limits.md)",
+        pytbmq_only=True,
+    ),
+    Setting(
         "SHUTDOWN_TIMEOUT_SEC",
         "pytbmq.shutdown_timeout_sec",
         Int(1, 600),
@@ -1426,6 +1449,7 @@ class Settings:
     mqtt_response_info: str
     pytbmq_data_dir: Path
     pytbmq_log_level: str
+    pytbmq_gc_thresholds: str
     shutdown_timeout_sec: int
     mqtt_persistent_session_device_persisted_messages_ttl: int
     mqtt_persistent_session_app_persisted_messages_limit: int

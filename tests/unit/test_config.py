@@ -112,6 +112,7 @@ TBMQ_DEFAULTS = {
     "mqtt_response_info": "",
     "pytbmq_data_dir": Path("./data"),
     "pytbmq_log_level": "INFO",
+    "pytbmq_gc_thresholds": "700,2,100",
     "shutdown_timeout_sec": 10,
     "mqtt_persistent_session_device_persisted_messages_ttl": 604800,
     "mqtt_persistent_session_app_persisted_messages_limit": 100000,
@@ -468,6 +469,8 @@ INVALID_ENV = [
     ("PYTBMQ_LOG_LEVEL", "verbose", "one of DEBUG, INFO, WARNING, ERROR (case-insensitive)"),
     ("PYTBMQ_DATA_DIR", "  ", "expected a non-empty path"),
     ("SHUTDOWN_TIMEOUT_SEC", "0", "expected an integer from 1 to 600"),
+    ("PYTBMQ_GC_THRESHOLDS", "700,2", "three integers >= 1 separated by commas"),
+    ("PYTBMQ_GC_THRESHOLDS", "700,0,100", "three integers >= 1 separated by commas"),
     ("MQTT_RESPONSE_INFO", "x" * 65536, "at most 65535 UTF-8 bytes"),
 ]
 
