@@ -69,6 +69,7 @@ _READ_BUFFER = bytearray(65536)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _PINGRESP = encode(PingResp(), 4)
 CLOSE_GRACE_SEC = 2.0  # how long a closing connection may take to flush before abort
+TURN_BUDGET_BYTES = 64 * 1024  # QoS 1/2 bytes a loop turn hands one link (see writable)
 _V5 = 5
 _RULE_CACHE_MAX = 1024  # topics (and filters) whose authorization a link remembers
 
@@ -148,6 +149,10 @@ class Link(asyncio.BufferedProtocol):
         self._pending = bytearray()
         self._out: list[bytes] = []
         self._unflushed = 0  # PUBLISH bytes handed over since the last flush
+        # QoS 1/2 bytes one loop turn moves to this link at most; the rest goes in the next
+        # turns as each flush frees the budget, so a resumed session with a long queue
+        # cannot hold the loop (and every other client) for tens of milliseconds
+        self._turn_budget = min(settings.write_high_water, TURN_BUDGET_BYTES)
         self._held: list[tuple[int, bytes]] = []  # (batch to commit first, bytes)
         self._marked = False
         self._paused = False
@@ -895,11 +900,7 @@ class Link(asyncio.BufferedProtocol):
         # this loop turn handed over keeps a resumed session from moving its whole queue
         # into flight (and memory) in one turn. QoS 0 is not held back by this count:
         # one busy turn can exceed it while the socket takes everything.
-        return (
-            not self._paused
-            and not self._closing
-            and self._unflushed < self.settings.write_high_water
-        )
+        return not self._paused and not self._closing and self._unflushed < self._turn_budget
 
     def close_by_server(self, reason_code: int) -> None:
         """Server-initiated close; the router has already detached the session."""
@@ -970,7 +971,7 @@ class Link(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         self._marked = False
-        gated = self._unflushed >= self.settings.write_high_water
+        gated = self._unflushed >= self._turn_budget
         self._unflushed = 0
         out = self._out
         if not out:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -340,27 +341,36 @@ class Router:
 
     def session_started(self, session: Session, now: float) -> None:
         """After CONNACK: resend what is in flight [MQTT-4.4.0-1], then drain the queue."""
-        link = session.link
-        if link is None:
+        if session.link is None:
             return
-        for out in list(session.inflight_out.values()):
-            pid = out.packet_id
-            assert pid is not None
+        # Resent as the link takes them (like the queue), not all in this loop turn: a
+        # session that never read can hold thousands in flight.
+        session.resend = deque(session.inflight_out)
+        self._pump(session, now)
+
+    def _resend(self, session: Session, link: SessionLink, now: float) -> None:
+        resend = session.resend
+        inflight = session.inflight_out
+        while resend and link.writable():
+            pid = resend.popleft()
+            out = inflight.get(pid)
+            if out is None:
+                continue  # acknowledged meanwhile
             if out.awaiting_pubcomp:
                 link.send_pubrel(pid)
             elif not link.send_publish(
                 out.message, out.qos, out.retain, out.sub_ids, pid, True, now
             ):
-                del session.inflight_out[pid]
+                del inflight[pid]
                 if out.row:
                     self._release(out)
-        self._pump(session, now)
 
     def connection_lost(self, session: Session, now: float, publish_will: bool) -> None:
         """The session's link is gone: normal DISCONNECT, error, timeout or takeover."""
         if session.link is None:
             return
         session.link = None
+        session.resend.clear()  # built again from inflight_out when the client returns
         session.disconnected_at = now
         will = session.will
         session.will = None
@@ -522,7 +532,9 @@ class Router:
         if (
             link is not None
             and not session.queue
+            and not session.resend
             and len(session.inflight_out) < link.receive_maximum  # [MQTT-4.9.0-2]
+            and len(session.inflight_out) < self._message_limit(session)
             and link.writable()  # a slow consumer's QoS 1/2 waits in the queue
         ):
             self._send(session, link, out, now)
@@ -531,9 +543,8 @@ class Router:
             queue.append(out)
             if session.stored:
                 self._log_out(session, out)
-            cfg = self.config
-            limit = cfg.queue_limit_app if session.client_type == APPLICATION else cfg.queue_limit
-            if len(queue) > limit:
+            limit = self._message_limit(session)
+            if len(queue) + len(session.inflight_out) > limit:  # in flight counts too
                 dropped = queue.popleft()  # the oldest goes
                 self.counters.messages_dropped_queue_full += 1
                 if dropped.row:
@@ -546,6 +557,11 @@ class Router:
                         limit,
                     )
                 session.queue_drops += 1
+
+    def _message_limit(self, session: Session) -> int:
+        """Most QoS 1/2 messages a session holds, queued and in flight together."""
+        cfg = self.config
+        return cfg.queue_limit_app if session.client_type == APPLICATION else cfg.queue_limit
 
     def _send(self, session: Session, link: SessionLink, out: Outgoing, now: float) -> None:
         pid = session.allocate_packet_id()
@@ -564,9 +580,15 @@ class Router:
         link = session.link
         if link is None:
             return
+        if session.resend:
+            self._resend(session, link, now)
+            if session.resend:
+                return  # the rest when the link drains; nothing new overtakes them
         queue = session.queue
         inflight = session.inflight_out
-        limit = link.receive_maximum
+        # in flight at most the client's Receive Maximum and the session's message limit
+        # (a client that never acknowledges would otherwise hold up to 65,535)
+        limit = min(link.receive_maximum, self._message_limit(session))
         ttl = self.config.queue_ttl if session.client_type != APPLICATION else 0
         while queue and len(inflight) < limit and link.writable():
             out = queue.popleft()

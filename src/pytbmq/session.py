@@ -147,6 +147,7 @@ class Session:
         "protocol_version",
         "queue",
         "queue_drops",
+        "resend",
         "sid",
         "stored",
         "subscriptions",
@@ -167,6 +168,9 @@ class Session:
         self.subscriptions: dict[str, SubOptions] = {}  # full filter (with $share/g/) -> options
         self.inflight_out: dict[int, Outgoing] = {}  # packet id -> message, in send order
         self.queue: deque[Outgoing] = deque()
+        # after a reconnect: packet ids of inflight_out still to be sent again (with DUP),
+        # in their order, before anything from the queue
+        self.resend: deque[int] = deque()
         self.inflight_in: set[int] = set()  # QoS 2 packet ids: PUBREC sent, PUBREL awaited
         self.link: SessionLink | None = None
         self.will: Will | None = None

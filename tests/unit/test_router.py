@@ -446,3 +446,46 @@ def test_takeover_of_an_expiry_0_session_starts_a_fresh_one() -> None:
     assert not b.subscriptions
     _c, _, _ = connect(r, "c", clean=False, expiry=0)
     assert link_b.closed_with == ReasonCode.SESSION_TAKEN_OVER
+
+
+def test_messages_in_flight_count_towards_the_session_limit() -> None:
+    # a client that takes everything but never acknowledges: without the bound its
+    # in-flight window would grow to its Receive Maximum (65,535 by default)
+    r = Router(RouterConfig(queue_limit=3))
+    s, link, _ = connect(r, "p")
+    sub(r, s, Subscription("q", 1))
+    for i in range(6):
+        r.publish(msg("q", qos=1, payload=str(i).encode()), NOW)
+    assert [x.payload for x in link.sent] == [b"0", b"1", b"2"]
+    assert len(s.inflight_out) == 3 and not s.queue
+    assert r.counters.messages_dropped_queue_full == 3
+    first = link.sent[0].packet_id
+    assert first is not None
+    r.puback(s, first, NOW)
+    r.publish(msg("q", qos=1, payload=b"6"), NOW)
+    assert [x.payload for x in link.sent][-1] == b"6"
+    assert len(s.inflight_out) + len(s.queue) == 3
+
+
+def test_resend_after_reconnect_waits_for_a_writable_link_and_keeps_order() -> None:
+    r = Router()
+    s, _first, _ = connect(r, "p", clean=False, expiry=100)
+    sub(r, s, Subscription("q", 1))
+    for i in range(3):
+        r.publish(msg("q", qos=1, payload=str(i).encode()), NOW)  # in flight, never acked
+    r.connection_lost(s, NOW, publish_will=True)
+    slow = RecordingLink(congested=True)
+    s2, link2, present = connect(r, "p", clean=False, expiry=100, link=slow)
+    assert present and s2 is s and link2 is slow
+    assert slow.sent == [] and list(s.resend) == list(s.inflight_out)
+    r.publish(msg("q", qos=1, payload=b"new"), NOW)  # must not overtake the resends
+    assert slow.sent == [] and [o.message.payload for o in s.queue] == [b"new"]
+    slow.congested = False
+    r.link_writable(s, NOW)
+    assert [(x.payload, x.dup) for x in slow.sent] == [
+        (b"0", True),
+        (b"1", True),
+        (b"2", True),
+        (b"new", False),
+    ]  # [MQTT-4.4.0-1], in the original order
+    assert not s.resend
