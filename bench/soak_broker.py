@@ -17,10 +17,12 @@ For diagnosis, ``bench/soak --tracemalloc`` sets ``$SOAK_BROKER_TRACEMALLOC``: t
 then runs under tracemalloc and, every minute, appends to that file the 25 source lines
 whose allocations grew most since the first minute (slow; not for figures).
 
-For experiments only (``bench/soak --broker-gc SPEC`` sets ``$SOAK_BROKER_GC``): the
-broker can run with other garbage-collector settings, to see what a change in pytbmq
-would buy. SPEC is ``threshold:A,B,C`` (gc.set_threshold), ``freeze`` (gc.freeze() once
-the broker has run 10 s) or both, comma-free parts joined with ``+``.
+For diagnosis of the heap, ``$SOAK_BROKER_CENSUS`` names a file: on SIGUSR1 (and every
+minute during a soak) the broker appends, from its event loop, the number of objects the
+garbage collector tracks per generation and the 30 most common types among them. With
+``$SOAK_BROKER_SAVEALL=1`` the collector keeps what it finds unreachable
+(``gc.DEBUG_SAVEALL``) and the census also lists the types of that cyclic garbage, then
+frees it: what the connection path leaves for the collector instead of refcounting.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 STATS = os.environ.get("SOAK_BROKER_STATS", "")
-GC_SPEC = os.environ.get("SOAK_BROKER_GC", "")
 TRACE = os.environ.get("SOAK_BROKER_TRACEMALLOC", "")  # diagnosis: where memory grows
+CENSUS = os.environ.get("SOAK_BROKER_CENSUS", "")  # diagnosis: what the GC tracks
+SAVEALL = os.environ.get("SOAK_BROKER_SAVEALL", "") == "1"
+STALLS = os.environ.get("SOAK_BROKER_STALLS", "")  # diagnosis: what the loop does when late
+GCPROFILE = os.environ.get("SOAK_BROKER_GCPROFILE", "")  # diagnosis: what each collection scans
 TICK = 0.05
 REPORT_EVERY = 5.0
 NOTE_MS = 10.0
@@ -50,14 +55,23 @@ class Recorder:
         self.gc: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
         self.notes: list[tuple[str, float, float]] = []
         self._gc_start = 0.0
+        self._scan = ""
+        self.in_gc = -1  # generation being collected, or -1
         self.since = time.time()
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            self.in_gc = int(info.get("generation", 0))
+            if GCPROFILE and int(info.get("generation", 0)) >= 1:
+                self._scan = _scan_profile(int(info["generation"]))
             self._gc_start = time.perf_counter()
             return
         ms = (time.perf_counter() - self._gc_start) * 1000
         gen = int(info.get("generation", 0))
+        self.in_gc = -1
+        if GCPROFILE and gen >= 1:
+            with open(GCPROFILE, "a") as f:
+                f.write(f"gen{gen} {ms:.1f} ms collected {info.get('collected')} {self._scan}\n")
         with self.lock:
             g = self.gc[gen]
             g[0] += 1
@@ -96,16 +110,118 @@ class Recorder:
 REC = Recorder()
 
 
+def _scan_profile(gen: int) -> str:
+    """What a collection of ``gen`` is about to scan: objects, references, heaviest types."""
+    from collections import Counter
+
+    objs = [o for g in range(gen + 1) for o in gc.get_objects(g)]
+    refs: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for o in objs:
+        name = type(o).__qualname__
+        refs[name] += len(gc.get_referents(o))
+        count[name] += 1
+    top = ", ".join(f"{k} {count[k]}/{v}" for k, v in refs.most_common(6))
+    return f"objects {len(objs)} refs {sum(refs.values())} top(objects/refs) {top}"
+
+
+def _stack(frame: Any, depth: int = 6) -> str:
+    parts = []
+    while frame is not None and len(parts) < depth:
+        code = frame.f_code
+        parts.append(f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(parts)
+
+
+def _watchdog(loop: asyncio.AbstractEventLoop, main_ident: int) -> None:
+    """Ask the loop for a callback every 5 ms; while it is 8 ms or more late, sample what
+    every thread runs; log each stall of 10 ms or more with its most frequent stacks."""
+    from collections import Counter
+
+    while True:
+        time.sleep(0.005)
+        done = threading.Event()
+        t0 = time.perf_counter()
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:
+            return  # the loop is closed
+        main: Counter[str] = Counter()
+        others: Counter[str] = Counter()
+        gcs: Counter[int] = Counter()
+        while not done.wait(0.002):
+            if time.perf_counter() - t0 < 0.008:
+                continue
+            if REC.in_gc >= 0:
+                gcs[REC.in_gc] += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == main_ident:
+                    main[_stack(frame)] += 1
+                elif ident != threading.get_ident():
+                    st = _stack(frame, 3)
+                    if "wait" not in st and "sleep" not in st and "select" not in st:
+                        others[st] += 1
+        ms = (time.perf_counter() - t0) * 1000
+        if ms >= NOTE_MS:
+            with open(STALLS, "a") as f:
+                f.write(f"{time.time():.3f} stall {ms:.1f} ms gc {dict(gcs)}\n")
+                for st, n in main.most_common(3):
+                    f.write(f"   main x{n}: {st}\n")
+                for st, n in others.most_common(2):
+                    f.write(f"   other x{n}: {st}\n")
+
+
+def _census() -> None:
+    """Append what the garbage collector tracks (and, with SAVEALL, what it found)."""
+    from collections import Counter
+
+    t0 = time.perf_counter()
+    gens = [len(gc.get_objects(g)) for g in range(3)]
+    types = Counter(type(o).__qualname__ for o in gc.get_objects())
+    garbage = Counter(type(o).__qualname__ for o in gc.garbage)
+    n_garbage = len(gc.garbage)
+    sessions = [o for o in gc.get_objects() if type(o).__qualname__ == "Session"]
+    offline = [o for o in sessions if getattr(o, "link", None) is None]
+    queued = sum(len(getattr(o, "queue", ())) for o in sessions)
+    queued_off = sum(len(getattr(o, "queue", ())) for o in offline)
+    longest = sorted((len(getattr(o, "queue", ())) for o in sessions), reverse=True)[:8]
+    gc.garbage.clear()
+    ms = (time.perf_counter() - t0) * 1000
+    with open(CENSUS, "a") as f:
+        f.write(
+            f"--- {time.strftime('%H:%M:%S')} tracked per generation {gens} "
+            f"(total {sum(gens)}), frozen {gc.get_freeze_count()}, census {ms:.0f} ms\n"
+        )
+        f.write(
+            f"  sessions {len(sessions)} ({len(offline)} offline); queued messages {queued} "
+            f"({queued_off} for offline sessions); longest queues {longest}\n"
+        )
+        for name, n in types.most_common(30):
+            f.write(f"  {n:9d} {name}\n")
+        if SAVEALL:
+            f.write(f"  cyclic garbage since the last census: {n_garbage} objects\n")
+            for name, n in garbage.most_common(30):
+                f.write(f"  {n:9d} {name}\n")
+
+
 async def _lag_task() -> None:
     loop = asyncio.get_running_loop()
-    freeze_at = loop.time() + 10 if "freeze" in GC_SPEC.split("+") else None
+    census_at = loop.time() + 60 if CENSUS else None
+    if STALLS:
+        args = (loop, threading.get_ident())
+        threading.Thread(target=_watchdog, args=args, name="soak-watchdog", daemon=True).start()
+    if CENSUS:
+        import signal
+
+        loop.add_signal_handler(signal.SIGUSR1, _census)
     while True:
         t = loop.time()
         await asyncio.sleep(TICK)
         REC.on_lag(max(0.0, (loop.time() - t - TICK) * 1000))
-        if freeze_at is not None and loop.time() >= freeze_at:
-            gc.freeze()
-            freeze_at = None
+        if census_at is not None and loop.time() >= census_at:
+            _census()
+            census_at = loop.time() + 60
 
 
 def _flusher() -> None:
@@ -141,14 +257,12 @@ def _trace(first: Any) -> Any:
 
 def _instrument() -> None:
     gc.callbacks.append(REC.on_gc)
+    if SAVEALL:
+        gc.set_debug(gc.DEBUG_SAVEALL)
     if TRACE:
         import tracemalloc
 
         tracemalloc.start(1)
-    for part in GC_SPEC.split("+"):
-        if part.startswith("threshold:"):
-            a, b, c = (int(x) for x in part.split(":", 1)[1].split(","))
-            gc.set_threshold(a, b, c)
     threading.Thread(target=_flusher, name="soak-stats", daemon=True).start()
 
     def wrap(run: Any) -> Any:

@@ -142,6 +142,13 @@ def runqueue_wait(pid: int) -> float:
         return 0.0
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of the whole machine since boot (/proc/stat): steal is
+    time the hypervisor ran something else while this VM's CPUs wanted to run."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -173,12 +180,22 @@ def start_broker(
     tls: int,
     log: Path,
     stats: Path | None,
-    gc_spec: str = "",
+    gc_thresholds: str = "",
     trace: bool = False,
+    census: str | None = None,
+    broker: str = "pytbmq",
 ) -> subprocess.Popen[bytes]:
-    """pytbmq on 127.0.0.1:tcp and :tls; with ``stats``, through soak_broker.py."""
+    """pytbmq on 127.0.0.1:tcp and :tls; with ``stats``, through soak_broker.py. With
+    ``broker="mosquitto"``, Debian's Mosquitto on the same ports instead (the control)."""
     _ca, chain, key = make_certs(tmp)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
+    if broker == "mosquitto":
+        argv, env = mosquitto_command(tmp, tcp, tls, chain, key)
+        return spawn(argv, env, tmp, log, (tcp, tls))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") or k.startswith("SOAK_BROKER_")
+    }
     env.update(
         PYTBMQ_DATA_DIR=str(tmp / "data"),
         PYTBMQ_LOG_LEVEL="WARNING",
@@ -191,15 +208,66 @@ def start_broker(
         LISTENER_SSL_CREDENTIALS_TYPE="PEM",
         LISTENER_SSL_PEM_CERT=str(chain),
         LISTENER_SSL_PEM_KEY=str(key),
+        # the admin API runs, as by default, but on a free port: no clash with a broker
+        # (another soak's, say) that holds 8083
+        HTTP_BIND_ADDRESS="127.0.0.1",
+        HTTP_BIND_PORT=str(free_port()),
     )
+    if gc_thresholds:
+        env["PYTBMQ_GC_THRESHOLDS"] = gc_thresholds
     argv = [str(PYTHON), "-m", "pytbmq"]
     if stats is not None:
         env["SOAK_BROKER_STATS"] = str(stats)
-        if gc_spec:
-            env["SOAK_BROKER_GC"] = gc_spec
         if trace:
             env["SOAK_BROKER_TRACEMALLOC"] = str(stats.with_name("tracemalloc.txt"))
+        if census:
+            env["SOAK_BROKER_CENSUS"] = str(stats.with_name("census.txt"))
+            if census == "saveall":
+                env["SOAK_BROKER_SAVEALL"] = "1"
         argv = [str(PYTHON), str(BENCH / "soak_broker.py")]
+    return spawn(argv, env, tmp, log, (tcp, tls))
+
+
+def mosquitto_version() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    try:
+        out = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "Mosquitto"
+    return out.splitlines()[0].strip() if out else "Mosquitto"
+
+
+def mosquitto_command(
+    tmp: Path, tcp: int, tls: int, chain: Path, key: Path
+) -> tuple[list[str], dict[str, str]]:
+    """Mosquitto as the soak's control: the same two listeners and certificate, TCP_NODELAY
+    (as pytbmq), no persistence file, and a session queue as long as pytbmq's default for a
+    DEVICE (MQTT_PERSISTENT_SESSION_DEVICE_PERSISTED_MESSAGES_LIMIT, 10,000)."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise SystemExit("soak: --broker mosquitto needs Debian's mosquitto package")
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        "allow_anonymous true\n"
+        "set_tcp_nodelay true\n"
+        "persistence false\n"
+        "max_queued_messages 10000\n"
+        "log_dest stdout\n"
+        "log_type error\n"
+        "log_type warning\n"
+        f"listener {tcp} 127.0.0.1\n"
+        f"listener {tls} 127.0.0.1\n"
+        f"certfile {chain}\n"
+        f"keyfile {key}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
+    return [exe, "-c", str(conf)], env
+
+
+def spawn(
+    argv: list[str], env: dict[str, str], tmp: Path, log: Path, ports: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
+    """Start the broker and wait until it listens on every port."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
@@ -211,7 +279,7 @@ def start_broker(
             start_new_session=True,
         )
     deadline = time.monotonic() + 30
-    for port in (tcp, tls):
+    for port in ports:
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"soak: the broker exited ({proc.returncode}); see {log}")
@@ -343,6 +411,8 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         span = ss[-1]["t"] - first["t"]
         cpu = (ss[-1]["cpu"] - first["cpu"]) / span * 100 if span > 0 else float("nan")
         lcpu = (ss[-1]["loader_cpu"] - first["loader_cpu"]) / span * 100 if span > 0 else 0
+        ticks = ss[-1].get("ticks", 0) - first.get("ticks", 0)
+        steal = (ss[-1].get("steal", 0) - first.get("steal", 0)) / ticks * 100 if ticks else 0
         rows.append(
             {
                 "bucket": bucket_label(b, size),
@@ -351,6 +421,7 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 "rss_max": round(max(rss), 1),
                 "cpu_pct": round(cpu, 0),
                 "loader_cpu_pct": round(lcpu, 0),
+                "steal_pct": round(steal, 1),
                 "fds_max": max(s["fds"] for s in ss),
                 "threads": max(s["threads"] for s in ss),
             }
@@ -557,7 +628,8 @@ def report(run: dict[str, Any], fig: dict[str, Any], failures: list[str]) -> str
     out = [
         f"### Run of {run['date']}",
         "",
-        f"Command: `{run['command']}` — pytbmq {run['commit']}, {run['clients_n']} churning "
+        f"Command: `{run['command']}` — {run.get('broker_label') or 'pytbmq ' + run['commit']}, "
+        f"{run['clients_n']} churning "
         f"clients, {d:.0f} s ({run['wall']:.0f} s with start and drain), "
         f"{run['misbehaving']} of each kind of misbehaving client. Load average (1/5/15 min) "
         f"before: {run['load_before']}, after: {run['load_after']} (nproc {os.cpu_count()}). "
@@ -600,18 +672,22 @@ def report(run: dict[str, Any], fig: dict[str, Any], failures: list[str]) -> str
         "",
         f"#### Broker memory and CPU per {unit}",
         "",
+        "Steal %: share of the machine's CPU time the hypervisor gave to other guests "
+        "while this VM wanted to run (/proc/stat); a stall no program inside can avoid.",
+        "",
         f"Broker CPU over the run: {fig.get('broker_cpu_s')} s, "
         f"{fig.get('broker_cpu_pct')}% of one core on average. RSS at start (first sample) "
         f"{r['start_mb']} MB, peak {r['peak_mb']} MB.",
         "",
         f"| {unit} | RSS MB min | median | max | broker CPU % | client processes CPU % "
-        "| open fds (max) | threads |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| steal % | open fds (max) | threads |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in fig["buckets"]:
         out.append(
             f"| {row['bucket']} | {row['rss_min']} | {row['rss_median']} | {row['rss_max']} | "
-            f"{row['cpu_pct']:.0f} | {row['loader_cpu_pct']:.0f} | {row['fds_max']} | "
+            f"{row['cpu_pct']:.0f} | {row['loader_cpu_pct']:.0f} | "
+            f"{row.get('steal_pct', 0):.1f} | {row['fds_max']} | "
             f"{row['threads']} |"
         )
     out += ["", "```", ascii_plot(run["samples"]), "```", ""]
@@ -764,17 +840,31 @@ def main() -> int:
         help="run the broker as plain `python -m pytbmq` (no loop-lag / GC measurements)",
     )
     ap.add_argument(
-        "--broker-gc",
+        "--broker",
+        choices=("pytbmq", "mosquitto"),
+        default="pytbmq",
+        help="the broker under test; mosquitto (Debian's) is the control: the same clients, "
+        "machine and criteria, to tell the broker's own stalls from the machine's",
+    )
+    ap.add_argument(
+        "--gc-thresholds",
         default="",
-        metavar="SPEC",
-        help="experiment: other GC settings in the broker, e.g. threshold:50000,20,100 or "
-        "freeze or both joined with + (see bench/soak_broker.py)",
+        metavar="A,B,C",
+        help="experiment: the broker with PYTBMQ_GC_THRESHOLDS=A,B,C instead of its default",
     )
     ap.add_argument(
         "--tracemalloc",
         action="store_true",
         help="diagnosis: run the broker under tracemalloc and write, every minute, where "
         "its memory grew to tracemalloc.txt (slows the broker: not for figures)",
+    )
+    ap.add_argument(
+        "--census",
+        choices=("objects", "saveall"),
+        default=None,
+        help="diagnosis: every minute write what the broker's garbage collector tracks, by "
+        "type, to census.txt; 'saveall' also keeps and lists the cyclic garbage it finds "
+        "(gc.DEBUG_SAVEALL; not for figures)",
     )
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     ap.add_argument(
@@ -797,8 +887,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="pytbmq-soak-"))
     command = "bench/soak " + " ".join(sys.argv[1:])
-    if (args.broker_gc or args.tracemalloc) and args.no_instrument:
-        ap.error("--broker-gc and --tracemalloc need the instrumented broker")
+    if args.broker == "mosquitto":
+        args.no_instrument = True
+    if (args.tracemalloc or args.census or args.gc_thresholds) and args.no_instrument:
+        ap.error("--tracemalloc, --census and --gc-thresholds need the instrumented pytbmq")
     load_before = loadavg()
     commit = git_commit()
     say(f"{clients} clients for {duration:.0f} s; results in {out}; load {load_before}")
@@ -806,7 +898,17 @@ def main() -> int:
     tcp, tls = free_port(), free_port()
     broker_log = out / "broker.log"
     loop_stats = None if args.no_instrument else out / "broker-loop.jsonl"
-    broker = start_broker(tmp, tcp, tls, broker_log, loop_stats, args.broker_gc, args.tracemalloc)
+    broker = start_broker(
+        tmp,
+        tcp,
+        tls,
+        broker_log,
+        loop_stats,
+        args.gc_thresholds,
+        args.tracemalloc,
+        args.census,
+        args.broker,
+    )
     say(f"broker pid {broker.pid} on tcp {tcp}, tls {tls}")
     t0 = time.time() + 2.0
     cfg = {
@@ -863,6 +965,8 @@ def main() -> int:
                             "fds": fd_count(broker.pid),
                             "rq_wait": runqueue_wait(broker.pid),
                             "loader_cpu": loader,
+                            "steal": (ticks := machine_ticks())[0],
+                            "ticks": ticks[1],
                         }
                     )
                 except (OSError, KeyError, ValueError):
@@ -900,6 +1004,7 @@ def main() -> int:
         "date": started,
         "command": command,
         "commit": commit,
+        "broker_label": f"pytbmq {commit}" if args.broker == "pytbmq" else mosquitto_version(),
         "clients_n": clients,
         "duration": duration,
         "bucket": bucket,
@@ -935,11 +1040,15 @@ def finish(out: Path, run: dict[str, Any]) -> int:
     text = report(run, fig, failures)
     (out / "report.md").write_text(text)
     with (out / "rss.csv").open("w") as f:
-        f.write("t_s,rss_kb,hwm_kb,broker_cpu_s,broker_cpu_wait_s,fds,threads,client_cpu_s\n")
+        f.write(
+            "t_s,rss_kb,hwm_kb,broker_cpu_s,broker_cpu_wait_s,fds,threads,client_cpu_s,"
+            "steal_ticks,total_ticks\n"
+        )
         for s in samples:
             f.write(
                 f"{s['t']},{s['rss_kb']},{s['hwm_kb']},{s['cpu']:.2f},{s['rq_wait']:.3f},"
-                f"{s['fds']},{s['threads']},{s['loader_cpu']:.2f}\n"
+                f"{s['fds']},{s['threads']},{s['loader_cpu']:.2f},{s.get('steal', 0)},"
+                f"{s.get('ticks', 0)}\n"
             )
     with (out / "probe.csv").open("w") as f:
         f.write("bucket,probes,p50_ms,p99_ms,max_ms,lost\n")
@@ -961,10 +1070,11 @@ def load_run(out: Path) -> dict[str, Any]:
     run.pop("figures", None)
     run.pop("failures", None)
     keys = ("t", "rss_kb", "hwm_kb", "cpu", "rq_wait", "fds", "threads", "loader_cpu")
+    keys += ("steal", "ticks")
     run["samples"] = []
     for line in (out / "rss.csv").read_text().splitlines()[1:]:
         values = [float(v) for v in line.split(",")]
-        sample: dict[str, Any] = dict(zip(keys, values, strict=True))
+        sample: dict[str, Any] = dict(zip(keys, values, strict=False))
         for key in ("rss_kb", "hwm_kb", "fds", "threads"):
             sample[key] = int(sample[key])
         run["samples"].append(sample)

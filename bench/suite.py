@@ -1412,6 +1412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(md + "\n")
     print(f"bench: report in {RESULTS / f'{stamp}.md'} (raw runs in .json)", file=sys.stderr)
     lost_pytbmq = any(
