@@ -69,7 +69,9 @@ _READ_BUFFER = bytearray(65536)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _PINGRESP = encode(PingResp(), 4)
 CLOSE_GRACE_SEC = 2.0  # how long a closing connection may take to flush before abort
-TURN_BUDGET_BYTES = 64 * 1024  # QoS 1/2 bytes a loop turn hands one link (see writable)
+# What one PUBLISH handed to a link counts against the per-turn budget on top of its size
+# (see writable): the loop's cost of a message is mostly per message, not per byte.
+PUBLISH_TURN_COST = 4096
 _V5 = 5
 _RULE_CACHE_MAX = 1024  # topics (and filters) whose authorization a link remembers
 
@@ -148,11 +150,9 @@ class Link(asyncio.BufferedProtocol):
         self._max_out: int | None = None
         self._pending = bytearray()
         self._out: list[bytes] = []
-        self._unflushed = 0  # PUBLISH bytes handed over since the last flush
-        # QoS 1/2 bytes one loop turn moves to this link at most; the rest goes in the next
-        # turns as each flush frees the budget, so a resumed session with a long queue
-        # cannot hold the loop (and every other client) for tens of milliseconds
-        self._turn_budget = min(settings.write_high_water, TURN_BUDGET_BYTES)
+        # PUBLISH bytes handed over since the last flush, each message counted
+        # PUBLISH_TURN_COST more than its size
+        self._unflushed = 0
         self._held: list[tuple[int, bytes]] = []  # (batch to commit first, bytes)
         self._marked = False
         self._paused = False
@@ -843,7 +843,7 @@ class Link(asyncio.BufferedProtocol):
         size = len(head) + len(tail) + (2 if qos else 0)
         if self._max_out is not None and size > self._max_out:
             return False  # [MQTT-3.1.2-24]
-        self._unflushed += size
+        self._unflushed += size + PUBLISH_TURN_COST if qos else size
         counters = self.router.counters
         counters.sent[qos] += 1
         counters.sent_bytes += len(message.payload)
@@ -898,9 +898,16 @@ class Link(asyncio.BufferedProtocol):
     def writable(self) -> bool:
         # _paused is only set once a flush overfills the socket's buffer; counting what
         # this loop turn handed over keeps a resumed session from moving its whole queue
-        # into flight (and memory) in one turn. QoS 0 is not held back by this count:
-        # one busy turn can exceed it while the socket takes everything.
-        return not self._paused and not self._closing and self._unflushed < self._turn_budget
+        # into flight (and memory) in one turn, and bounds the turn's work for this link:
+        # with PUBLISH_TURN_COST per message, about 290 small messages or 18 of 64 KB at
+        # the default high-water mark (the next flush frees the budget and pumps the rest).
+        # QoS 0 is not held back by this count: one busy turn can exceed it while the
+        # socket takes everything.
+        return (
+            not self._paused
+            and not self._closing
+            and self._unflushed < self.settings.write_high_water
+        )
 
     def close_by_server(self, reason_code: int) -> None:
         """Server-initiated close; the router has already detached the session."""
@@ -971,7 +978,7 @@ class Link(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         self._marked = False
-        gated = self._unflushed >= self._turn_budget
+        gated = self._unflushed >= self.settings.write_high_water
         self._unflushed = 0
         out = self._out
         if not out:
