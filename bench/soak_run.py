@@ -246,6 +246,11 @@ def mosquitto_command(
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         raise SystemExit("soak: --broker mosquitto needs Debian's mosquitto package")
+    # started as root, Mosquitto reads its files after dropping to its own user
+    for path in (tmp, chain.parent):
+        path.chmod(0o755)
+    for path in (chain, key):
+        path.chmod(0o644)
     conf = tmp / "mosquitto.conf"
     conf.write_text(
         "allow_anonymous true\n"
