@@ -383,18 +383,15 @@ class Broker:
 
 
 def settle_heap(thresholds: str) -> None:
-    """Once listening, make garbage collection pauses short (measured by bench/soak).
+    """Once listening, make garbage-collection pauses short (measured by bench/soak).
 
-    Every collection visits each object of the generations it collects (about 1 µs each
-    on a busy broker), so the pause grows with what it scans. What startup made (modules,
-    the API's classes and schemas, restored sessions) lives as long as the process:
-    freezing it keeps it out of every collection. The broker's connections free themselves
-    by reference counting (no reference cycles: tests/unit/test_gc_cycles.py), so young
-    collections can hand survivors on early (small, short gen1 collections) and full
-    collections, which only find cycles, can be rare (``PYTBMQ_GC_THRESHOLDS``).
+    Every collection visits each object of the generations it collects (1-4 µs each on a
+    busy broker), so the pause grows with what it scans. The broker's connections free
+    themselves by reference counting (no reference cycles: tests/unit/test_gc_cycles.py),
+    so young collections can be small and frequent and full collections, which only find
+    cycles, rare (``PYTBMQ_GC_THRESHOLDS``). What startup left is collected first.
     """
     gc.collect()
-    gc.freeze()
     a, b, c = (int(part) for part in thresholds.split(","))
     gc.set_threshold(a, b, c)
 

@@ -263,7 +263,7 @@ class GcThresholds(Kind):
         return ",".join(str(int(item)) for item in items)
 
     def expected(self) -> str:
-        return "three integers >= 1 separated by commas, e.g. 700,2,100"
+        return "three integers >= 1 separated by commas, e.g. 300,1,500"
 
 
 @dataclass(frozen=True)
@@ -987,7 +987,7 @@ SETTINGS: tuple[Setting, ...] = (
         "PYTBMQ_GC_THRESHOLDS",
         "pytbmq.gc_thresholds",
         GcThresholds(),
-        "700,2,100",
+        "300,1,500",
         "Python's garbage-collector thresholds (gen0,gen1,gen2) once the broker listens; "
         "short young collections and rare full ones keep pauses small (docs/limits.md)",
         pytbmq_only=True,

@@ -112,7 +112,7 @@ TBMQ_DEFAULTS = {
     "mqtt_response_info": "",
     "pytbmq_data_dir": Path("./data"),
     "pytbmq_log_level": "INFO",
-    "pytbmq_gc_thresholds": "700,2,100",
+    "pytbmq_gc_thresholds": "300,1,500",
     "shutdown_timeout_sec": 10,
     "mqtt_persistent_session_device_persisted_messages_ttl": 604800,
     "mqtt_persistent_session_app_persisted_messages_limit": 100000,

@@ -164,14 +164,12 @@ def test_connections_leave_no_reference_cycles(
     assert not found, f"connections left reference cycles: {dict(found)}"
 
 
-def test_settle_heap_freezes_startup_and_sets_the_thresholds() -> None:
+def test_settle_heap_sets_the_thresholds() -> None:
     from pytbmq.broker import settle_heap
 
     before = gc.get_threshold()
     try:
         settle_heap("900,3,77")
         assert gc.get_threshold() == (900, 3, 77)
-        assert gc.get_freeze_count() > 0  # what the test process loaded is frozen
     finally:
-        gc.unfreeze()
         gc.set_threshold(*before)
