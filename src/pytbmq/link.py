@@ -843,7 +843,7 @@ class Link(asyncio.BufferedProtocol):
         size = len(head) + len(tail) + (2 if qos else 0)
         if self._max_out is not None and size > self._max_out:
             return False  # [MQTT-3.1.2-24]
-        self._unflushed += size + PUBLISH_TURN_COST if qos else size
+        self._unflushed += (size + PUBLISH_TURN_COST) if qos else size
         counters = self.router.counters
         counters.sent[qos] += 1
         counters.sent_bytes += len(message.payload)

@@ -345,7 +345,8 @@ class Router:
             return
         # Resent as the link takes them (like the queue), not all in this loop turn: a
         # session that never read can hold thousands in flight.
-        session.resend = deque(session.inflight_out)
+        if session.inflight_out:
+            session.resend = deque(session.inflight_out)
         self._pump(session, now)
 
     def _resend(self, session: Session, link: SessionLink, now: float) -> None:
@@ -529,12 +530,14 @@ class Router:
                 self.counters.messages_dropped_qos0 += 1
             return
         out = Outgoing(msg, qos, retain, sub_ids, shared, now)
+        limit = self._message_limit(session)  # queued and in flight together
+        inflight = len(session.inflight_out)
         if (
             link is not None
             and not session.queue
             and not session.resend
-            and len(session.inflight_out) < link.receive_maximum  # [MQTT-4.9.0-2]
-            and len(session.inflight_out) < self._message_limit(session)
+            and inflight < link.receive_maximum  # [MQTT-4.9.0-2]
+            and inflight < limit
             and link.writable()  # a slow consumer's QoS 1/2 waits in the queue
         ):
             self._send(session, link, out, now)
@@ -543,8 +546,7 @@ class Router:
             queue.append(out)
             if session.stored:
                 self._log_out(session, out)
-            limit = self._message_limit(session)
-            if len(queue) + len(session.inflight_out) > limit:  # in flight counts too
+            if len(queue) + inflight > limit:
                 dropped = queue.popleft()  # the oldest goes
                 self.counters.messages_dropped_queue_full += 1
                 if dropped.row:
