@@ -72,6 +72,11 @@ CLOSE_GRACE_SEC = 2.0  # how long a closing connection may take to flush before 
 # What one PUBLISH handed to a link counts against the per-turn budget on top of its size
 # (see writable): the loop's cost of a message is mostly per message, not per byte.
 PUBLISH_TURN_COST = 4096
+# Bytes a link reads before it yields the loop for a turn. libuv reads a readable socket
+# up to 32 times per loop iteration: without this a flooding client could hand one turn
+# 32 x 64 KiB (about 25,000 small PUBLISH packets, seconds of work) while every other
+# client, and every flush, waited for the turn to end.
+READ_TURN_BUDGET = len(_READ_BUFFER)
 _V5 = 5
 _RULE_CACHE_MAX = 1024  # topics (and filters) whose authorization a link remembers
 
@@ -149,6 +154,7 @@ class Link(asyncio.BufferedProtocol):
         self._max_in = settings.limits.max_packet_size
         self._max_out: int | None = None
         self._pending = bytearray()
+        self._turn_rx = 0  # bytes read since reading last yielded (READ_TURN_BUDGET)
         self._out: list[bytes] = []
         # PUBLISH bytes handed over since the last flush, each message counted
         # PUBLISH_TURN_COST more than its size
@@ -231,6 +237,28 @@ class Link(asyncio.BufferedProtocol):
         gate = self.writer.gate
         if gate is not None:
             gate.after_read()  # release what the store committed meanwhile
+        self._turn_rx += nbytes
+        if self._turn_rx >= READ_TURN_BUDGET:
+            self._yield_reading()
+
+    def _yield_reading(self) -> None:
+        """Stop reading until the next loop turn, so what this read produced is flushed
+        and every other connection is served before this one reads again."""
+        self._turn_rx = 0
+        transport = self.transport
+        if self._closing or self._authenticating or transport is None:
+            return
+        if transport.is_closing():
+            return
+        transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        transport = self.transport
+        if self._closing or self._authenticating or transport is None:
+            return  # closed meanwhile, or paused for authentication (which resumes it)
+        if not transport.is_closing():
+            transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport

@@ -1,0 +1,159 @@
+"""A flooding connection reads at most READ_TURN_BUDGET bytes per event-loop turn.
+
+libuv reads a readable socket up to 32 times per loop iteration. A client that keeps its
+socket full (a QoS 0 publisher at full speed) could otherwise hand the broker 32 x 64 KiB,
+some 25,000 packets, in one turn: seconds of work during which no other client was served
+and no flush wrote anything (bench/run saw fan-in rounds delivering nothing). The test runs
+a real broker in-process, fills a client's socket with megabytes of PUBLISH packets before
+the loop may read them, and counts the bytes each link reads per loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytbmq import link as link_module
+from pytbmq.broker import Broker
+from pytbmq.cli import main as cli_main
+from pytbmq.config import load_settings
+
+CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 0, 0, 0])  # 3.1.1, no keep-alive
+PUBLISH = bytes([0x30, 69, 0, 3]) + b"a/b" + bytes(64)  # QoS 0, 64-byte payload, 71 bytes
+PINGREQ = b"\xc0\x00"
+FLOOD = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("read-turn-pki")
+    assert cli_main(["certs", "ca", "--out", str(d / "ca"), "--days", "2"]) == 0
+    argv = ["certs", "server", "--ca", str(d / "ca"), "--host", "localhost", "--out"]
+    assert cli_main([*argv, str(d / "server"), "--days", "2"]) == 0
+    return d / "ca" / "ca.pem", d / "server" / "serverChain.pem", d / "server" / "server_key.pem"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ssl"])
+def test_a_flooding_client_yields_the_loop_every_read_budget(
+    transport: str,
+    certs: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca, chain, key = certs
+    env = {
+        "PYTBMQ_DATA_DIR": str(tmp_path / "data"),
+        "PYTBMQ_LOG_LEVEL": "ERROR",
+        "HTTP_ENABLED": "false",
+        "LISTENER_TCP_BIND_ADDRESS": "127.0.0.1",
+        "LISTENER_TCP_BIND_PORT": "0",
+        "LISTENER_WS_ENABLED": "false",
+        "LISTENER_SSL_ENABLED": "true",
+        "LISTENER_SSL_BIND_ADDRESS": "127.0.0.1",
+        "LISTENER_SSL_BIND_PORT": "0",
+        "LISTENER_SSL_CREDENTIALS_TYPE": "PEM",
+        "LISTENER_SSL_PEM_CERT": str(chain),
+        "LISTENER_SSL_PEM_KEY": str(key),
+    }
+    settings = load_settings(env)
+    turn = 0
+    per_turn: collections.Counter[tuple[int, int]] = collections.Counter()  # (link, turn)
+    original = link_module.Link.buffer_updated
+
+    def counting(self: link_module.Link, nbytes: int) -> None:
+        per_turn[id(self), turn] += nbytes
+        original(self, nbytes)
+
+    monkeypatch.setattr(link_module.Link, "buffer_updated", counting)
+
+    async def scenario() -> int:
+        nonlocal turn
+        loop = asyncio.get_running_loop()
+        broker = Broker(settings)
+        await broker.start()
+        stop_ticking = False
+
+        def tick() -> None:  # runs once per loop iteration: call_soon from a callback
+            nonlocal turn
+            turn += 1
+            if not stop_ticking:
+                loop.call_soon(tick)
+
+        try:
+            port = broker.servers[0 if transport == "tcp" else 1].sockets[0].getsockname()[1]
+            tls = None
+            if transport == "ssl":
+                tls = ssl.create_default_context(cafile=str(ca))
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FLOOD)
+            sock.connect(("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=tls, server_hostname="localhost" if tls else None
+            )
+            writer.write(CONNECT)
+            assert (await reader.readexactly(4))[:2] == b"\x20\x02"
+            # The whole flood is written while the loop cannot read it: the transport's
+            # buffer and the kernel's hold it, so the broker finds its socket full.
+            writer.write(PUBLISH * (FLOOD // len(PUBLISH)) + PINGREQ)
+            loop.call_soon(tick)
+            assert await asyncio.wait_for(reader.readexactly(2), 60) == b"\xd0\x00"
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+        finally:
+            stop_ticking = True
+            broker.request_stop()
+            await broker.stop()
+        return len({t for (_link, t) in per_turn})
+
+    import uvloop
+
+    turns = uvloop.run(scenario())
+    worst = max(per_turn.values())
+    total = sum(per_turn.values())
+    # the whole flood arrived (and was answered: the PINGRESP came back)
+    assert total >= FLOOD // len(PUBLISH) * len(PUBLISH)
+    budget = link_module.READ_TURN_BUDGET
+    # A read that crosses the budget finishes; a TLS record may add up to 16 KiB.
+    assert worst <= budget + 65536, (worst, turns)
+    assert turns >= FLOOD // (budget + 65536)
+
+
+def test_reading_stays_paused_while_a_password_is_verified() -> None:
+    """A yield must not resume a transport that authentication paused."""
+
+    class Transport:
+        def __init__(self) -> None:
+            self.paused = False
+
+        def is_closing(self) -> bool:
+            return False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    async def scenario() -> bool:
+        link: Any = object.__new__(link_module.Link)
+        t = Transport()
+        link.transport = t
+        link._closing = False
+        link._authenticating = False
+        link._turn_rx = 0
+        link._yield_reading()
+        assert t.paused
+        link._authenticating = True  # authentication began before the next turn
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return t.paused
+
+    assert asyncio.run(scenario())
