@@ -5,7 +5,8 @@ socket full (a QoS 0 publisher at full speed) could otherwise hand the broker 32
 some 25,000 packets, in one turn: seconds of work during which no other client was served
 and no flush wrote anything (bench/run saw fan-in rounds delivering nothing). The test runs
 a real broker in-process, fills a client's socket with megabytes of PUBLISH packets before
-the loop may read them, and counts the bytes each link reads per loop turn.
+the loop may read them, and counts the bytes each link reads per loop turn. On the way it
+checks that the connection has TCP_NODELAY, which the broker leaves to the event loop.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def test_a_flooding_client_yields_the_loop_every_read_budget(
             )
             writer.write(CONNECT)
             assert (await reader.readexactly(4))[:2] == b"\x20\x02"
+            # The broker does not set TCP_NODELAY itself: the event loop must have.
+            (link,) = broker.links
+            assert link.transport is not None
+            raw = link.transport.get_extra_info("socket")
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             # The whole flood is written while the loop cannot read it: the transport's
             # buffer and the kernel's hold it, so the broker finds its socket full.
             writer.write(PUBLISH * (FLOOD // len(PUBLISH)) + PINGREQ)
