@@ -201,7 +201,7 @@ class Link(asyncio.BufferedProtocol):
             self.address = str(peer[0])
         # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport already
         # (tests/unit/test_read_turn.py checks), and asking for the socket object costs
-        # a wrapper per connection (5% of the broker's CPU in a connection storm).
+        # a wrapper per connection (about 10% of the broker's CPU in a connection storm).
         transport.set_write_buffer_limits(
             high=self.settings.write_high_water, low=self.settings.write_low_water
         )
@@ -222,7 +222,23 @@ class Link(asyncio.BufferedProtocol):
         self.router.counters.network_bytes_received += nbytes
         self._last_rx = self._now_mono()
         pending = self._pending
-        if pending:
+        if (
+            nbytes == 2
+            and _READ_BUFFER[0] == 0xC0  # a whole PINGREQ and nothing else
+            and _READ_BUFFER[1] == 0
+            and not pending
+            and not self._out
+            and not self._held
+            and self.session is not None
+            and not self._authenticating
+            and self.transport is not None
+        ):
+            # Keep-alive pings are most of what idle clients send, and they arrive in
+            # bursts (clients connected together ping together): answered here, with
+            # nothing else queued to keep in order, a burst costs a third less.
+            self.router.counters.network_bytes_sent += 2
+            self.transport.write(_PINGRESP)  # [MQTT-3.12.4-1]
+        elif pending:
             pending += _READ_VIEW[:nbytes]
             used = self._process(pending)
             del pending[:used]
