@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from inprocess import LISTENERS, broker_env
 
 from pytbmq.broker import Broker
-from pytbmq.cli import main as cli_main
 from pytbmq.config import load_settings
 
 CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0])  # 3.1.1, clean
@@ -49,15 +49,6 @@ def ws_frame(data: bytes) -> bytes:
     """A masked binary frame (mask 0: the payload goes as is)."""
     assert len(data) < 126
     return bytes([0x82, 0x80 | len(data), 0, 0, 0, 0]) + data
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    d = tmp_path_factory.mktemp("gc-pki")
-    assert cli_main(["certs", "ca", "--out", str(d / "ca"), "--days", "2"]) == 0
-    argv = ["certs", "server", "--ca", str(d / "ca"), "--host", "localhost", "--out"]
-    assert cli_main([*argv, str(d / "server"), "--days", "2"]) == 0
-    return d / "ca" / "ca.pem", d / "server" / "serverChain.pem", d / "server" / "server_key.pem"
 
 
 @pytest.fixture
@@ -109,21 +100,7 @@ def test_connections_leave_no_reference_cycles(
     certs: tuple[Path, Path, Path], tmp_path: Path, saveall: None
 ) -> None:
     ca, chain, key = certs
-    env = {
-        "PYTBMQ_DATA_DIR": str(tmp_path / "data"),
-        "PYTBMQ_LOG_LEVEL": "ERROR",
-        "HTTP_ENABLED": "false",
-        "LISTENER_TCP_BIND_ADDRESS": "127.0.0.1",
-        "LISTENER_TCP_BIND_PORT": "0",
-    }
-    for name in ("WS", "SSL", "WSS"):
-        env[f"LISTENER_{name}_ENABLED"] = "true"
-        env[f"LISTENER_{name}_BIND_ADDRESS"] = "127.0.0.1"
-        env[f"LISTENER_{name}_BIND_PORT"] = "0"
-    for name in ("SSL", "WSS"):
-        env[f"LISTENER_{name}_CREDENTIALS_TYPE"] = "PEM"
-        env[f"LISTENER_{name}_PEM_CERT"] = str(chain)
-        env[f"LISTENER_{name}_PEM_KEY"] = str(key)
+    env = broker_env(tmp_path / "data", LISTENERS, chain, key)
     settings = load_settings(env)
     tls = ssl.create_default_context(cafile=str(ca))
 

@@ -12,6 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fuzz harness
 
 from fuzz.harness import FakeTransport
@@ -65,22 +67,21 @@ def test_pingreqs_read_together_each_get_an_answer() -> None:
     asyncio.run(scenario())
 
 
-def test_pingreq_before_connect_closes_the_connection() -> None:
+@pytest.mark.parametrize(
+    ("connect", "reads"),
+    [
+        (False, [PINGREQ]),  # before CONNECT [MQTT-3.1.0-1]
+        (True, [b"\xc0\x01", b"\x00"]),  # two bytes, but one more is announced: malformed
+    ],
+    ids=["before-connect", "remaining-length"],
+)
+def test_a_pingreq_that_breaks_the_protocol_closes_the_connection(
+    connect: bool, reads: list[bytes]
+) -> None:
     async def scenario() -> None:
-        link, transport, writer = await a_link(connect=False)
-        feed(link, PINGREQ)
-        writer.flush()
-        assert transport.closed
-        assert PINGRESP not in bytes(transport.data)
-
-    asyncio.run(scenario())
-
-
-def test_pingreq_with_a_remaining_length_is_malformed() -> None:
-    async def scenario() -> None:
-        link, transport, writer = await a_link()
-        feed(link, b"\xc0\x01")  # two bytes, but not a PINGREQ: one more byte announced
-        feed(link, b"\x00")
+        link, transport, writer = await a_link(connect=connect)
+        for data in reads:
+            feed(link, data)
         writer.flush()
         assert transport.closed
         assert PINGRESP not in bytes(transport.data)

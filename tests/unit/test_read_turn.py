@@ -20,25 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inprocess import broker_env
 
 from pytbmq import link as link_module
 from pytbmq.broker import Broker
-from pytbmq.cli import main as cli_main
 from pytbmq.config import load_settings
 
 CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 0, 0, 0])  # 3.1.1, no keep-alive
 PUBLISH = bytes([0x30, 69, 0, 3]) + b"a/b" + bytes(64)  # QoS 0, 64-byte payload, 71 bytes
 PINGREQ = b"\xc0\x00"
 FLOOD = 4 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    d = tmp_path_factory.mktemp("read-turn-pki")
-    assert cli_main(["certs", "ca", "--out", str(d / "ca"), "--days", "2"]) == 0
-    argv = ["certs", "server", "--ca", str(d / "ca"), "--host", "localhost", "--out"]
-    assert cli_main([*argv, str(d / "server"), "--days", "2"]) == 0
-    return d / "ca" / "ca.pem", d / "server" / "serverChain.pem", d / "server" / "server_key.pem"
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ssl"])
@@ -49,20 +40,7 @@ def test_a_flooding_client_yields_the_loop_every_read_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ca, chain, key = certs
-    env = {
-        "PYTBMQ_DATA_DIR": str(tmp_path / "data"),
-        "PYTBMQ_LOG_LEVEL": "ERROR",
-        "HTTP_ENABLED": "false",
-        "LISTENER_TCP_BIND_ADDRESS": "127.0.0.1",
-        "LISTENER_TCP_BIND_PORT": "0",
-        "LISTENER_WS_ENABLED": "false",
-        "LISTENER_SSL_ENABLED": "true",
-        "LISTENER_SSL_BIND_ADDRESS": "127.0.0.1",
-        "LISTENER_SSL_BIND_PORT": "0",
-        "LISTENER_SSL_CREDENTIALS_TYPE": "PEM",
-        "LISTENER_SSL_PEM_CERT": str(chain),
-        "LISTENER_SSL_PEM_KEY": str(key),
-    }
+    env = broker_env(tmp_path / "data", ("TCP", "SSL"), chain, key)
     settings = load_settings(env)
     turn = 0
     per_turn: collections.Counter[tuple[int, int]] = collections.Counter()  # (link, turn)
