@@ -75,6 +75,8 @@ PUBLISH_TURN_COST = 4096
 # 32 x 64 KiB (about 25,000 small PUBLISH packets, seconds of work) while every other
 # client, and every flush, waited for the turn to end.
 READ_TURN_BUDGET = len(_READ_BUFFER)
+# How long bytes wait for the end of a busy loop turn before a later read writes them.
+FLUSH_AFTER_SEC = 0.001
 _V5 = 5
 _RULE_CACHE_MAX = 1024  # topics (and filters) whose authorization a link remembers
 
@@ -99,28 +101,43 @@ class LinkSettings:
 class Writer:
     """Collects each link's outgoing bytes and writes them once per event-loop turn.
 
+    A turn can be long (a poll that found hundreds of readable connections): links read
+    later in it call `flush_due`, so what waited `FLUSH_AFTER_SEC` is written then instead
+    of at the turn's end, and no reply waits for a whole busy turn.
+
     `gate` (set by the broker when the store is durable) holds acknowledgements until the
     changes logged before them are committed (pytbmq.storage.committer).
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled", "gate")
+    __slots__ = ("_loop", "_scheduled", "dirty", "gate", "since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._dirty: list[Link] = []
+        self.dirty: list[Link] = []  # links with bytes to write, in the order marked
+        self.since = 0.0  # time.monotonic() of the first of them
         self._scheduled = False
         self.gate: Committer | None = None
 
     def mark(self, link: Link) -> None:
-        self._dirty.append(link)
+        dirty = self.dirty
+        if not dirty:
+            self.since = time.monotonic()
+        dirty.append(link)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
-        dirty = self._dirty
-        self._dirty = []
+        self.flush_due(-1.0)
+
+    def flush_due(self, now: float) -> None:
+        """Write every marked link's bytes if the oldest waited `FLUSH_AFTER_SEC` by `now`
+        (always with a negative `now`). The turn's own flush stays scheduled."""
+        dirty = self.dirty
+        if not dirty or 0.0 <= now < self.since + FLUSH_AFTER_SEC:
+            return
+        self.dirty = []
         for link in dirty:
             link.flush()
 
@@ -220,7 +237,7 @@ class Link(asyncio.BufferedProtocol):
         if self._closing:
             return
         self.router.counters.network_bytes_received += nbytes
-        self._last_rx = self._now_mono()
+        self._last_rx = now = self._now_mono()
         pending = self._pending
         if (
             nbytes == 2
@@ -247,9 +264,12 @@ class Link(asyncio.BufferedProtocol):
             used = self._process(view)
             if used < nbytes and not self._closing:
                 pending += view[used:]
-        gate = self.writer.gate
+        writer = self.writer
+        gate = writer.gate
         if gate is not None:
             gate.after_read()  # release what the store committed meanwhile
+        if writer.dirty:
+            writer.flush_due(now)  # a busy turn: what waited a while goes now
         self._turn_rx += nbytes
         if self._turn_rx >= READ_TURN_BUDGET:
             self._yield_reading()
