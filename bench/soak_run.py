@@ -447,12 +447,16 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         samples_in = [(t, rtt) for t, rtt in probe["samples"] if 0 <= t < duration]
         fig["probe_buckets"] = probe_rows(samples_in, size)
         fig["probe_minutes"] = probe_rows(samples_in, 60.0)
+        # the machine's steal in that minute, when the tables are per minute too
+        steal_in = {r["bucket"]: r["steal_pct"] for r in rows} if size == 60 else {}
         for row in fig["probe_minutes"]:
             if not row["p99"] <= PROBE_LIMIT_MS:
+                steal = steal_in.get(row["bucket"])
                 failures.append(
                     f"probe p99 {row['p99']:.2f} ms > {PROBE_LIMIT_MS} ms in the minute from "
                     f"{row['bucket']}"
                     + (f" ({row['lost']} probes never came back)" if row["lost"] else "")
+                    + (f" (hypervisor steal {steal:.1f}%)" if steal is not None else "")
                 )
         allv = [v for _, v in samples_in if v is not None]
         fig["probe_total"] = {
@@ -636,7 +640,8 @@ def report(run: dict[str, Any], fig: dict[str, Any], failures: list[str]) -> str
         f"Command: `{run['command']}` — {run.get('broker_label') or 'pytbmq ' + run['commit']}, "
         f"{run['clients_n']} churning "
         f"clients, {d:.0f} s ({run['wall']:.0f} s with start and drain), "
-        f"{run['misbehaving']} of each kind of misbehaving client. Load average (1/5/15 min) "
+        f"{run['misbehaving']} of each kind of misbehaving client, load generators at nice "
+        f"{run.get('loader_nice', 0)} (probe and broker 0). Load average (1/5/15 min) "
         f"before: {run['load_before']}, after: {run['load_after']} (nproc {os.cpu_count()}). "
         f"Open-file limit {run['nofile']}. Results: `{run['out']}`.",
         "",
@@ -871,6 +876,15 @@ def main() -> int:
         "type, to census.txt; 'saveall' also keeps and lists the cyclic garbage it finds "
         "(gc.DEBUG_SAVEALL; not for figures)",
     )
+    ap.add_argument(
+        "--loader-nice",
+        type=int,
+        default=10,
+        metavar="N",
+        help="niceness of the load generators (the churning and misbehaving clients and the "
+        "QoS 1 checker; the probe and the broker keep 0), so that on a small machine they "
+        "do not compete with what is measured on equal terms (10; 0 to turn off)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     ap.add_argument(
         "--report-only",
@@ -935,7 +949,13 @@ def main() -> int:
     }
     children = {
         role: subprocess.Popen(
-            [str(PYTHON), str(BENCH / "soak_clients.py"), role, json.dumps(cfg)],
+            [
+                *(["nice", "-n", str(args.loader_nice)] if role != "probe" else []),
+                str(PYTHON),
+                str(BENCH / "soak_clients.py"),
+                role,
+                json.dumps(cfg),
+            ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -1015,6 +1035,7 @@ def main() -> int:
         "bucket": bucket,
         "misbehaving": args.misbehaving,
         "wb_rate": args.wb_rate,
+        "loader_nice": args.loader_nice,
         "rss_limit_mb": args.rss_limit_mb,
         "nofile": f"{nofile[0]}/{nofile[1]}",
         "load_before": load_before,
