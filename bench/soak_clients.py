@@ -531,7 +531,8 @@ def unread_bytes(writer: asyncio.StreamWriter) -> int | None:
 
 
 async def probe(cfg: Config) -> dict[str, Any]:
-    """QoS 0 to itself every 100 ms: (send offset since t0, round trip in ms or None)."""
+    """QoS 0 to itself every 100 ms: (send offset since t0, round trip in ms or None, how
+    late the process woke to send it in ms)."""
     deadline = cfg["t0"] + cfg["duration"]
     topic = "soak/probe/rtt"
     sent: dict[int, float] = {}
@@ -556,12 +557,14 @@ async def probe(cfg: Config) -> dict[str, Any]:
     await sleep_until(cfg["t0"])
     seq, start_wall, start = 0, time.time(), time.perf_counter()
     offsets: dict[int, float] = {}
+    woke: dict[int, float] = {}  # how late this process woke to send it (ms)
     while time.time() < deadline:
         due = start + seq * 0.1
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        lag.append(max(0.0, (time.perf_counter() - due) * 1000))
+        lag.append(late := max(0.0, (time.perf_counter() - due) * 1000))
+        woke[seq] = late
         if c.closed.is_set():
             errors[f"closed: {c.close_reason}"] += 1
             reconnects += 1
@@ -580,7 +583,10 @@ async def probe(cfg: Config) -> dict[str, Any]:
         seq += 1
     await asyncio.sleep(2)
     await c.disconnect()
-    samples = [[round(offsets[s], 3), round(rtts[s], 3) if s in rtts else None] for s in sent]
+    samples = [
+        [round(offsets[s], 3), round(rtts[s], 3) if s in rtts else None, round(woke[s], 3)]
+        for s in sent
+    ]
     lag.sort()
     return {
         "samples": samples,
