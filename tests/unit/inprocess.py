@@ -7,6 +7,7 @@ listener on 127.0.0.1 port 0, no admin API, a data folder under the test's tmp_p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,3 +37,24 @@ def broker_env(data_dir: Path, listeners: Iterable[str], chain: Path, key: Path)
         env[f"LISTENER_{name}_PEM_CERT"] = str(chain)
         env[f"LISTENER_{name}_PEM_KEY"] = str(key)
     return env
+
+
+class LoopTurns:
+    """Counts event-loop iterations while started: a callback that schedules itself again
+    with call_soon runs exactly once per iteration."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._loop = None
+
+    def _tick(self) -> None:
+        self.n += 1
+        if self._loop is not None:
+            self._loop.call_soon(self._tick)

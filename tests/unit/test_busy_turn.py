@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from inprocess import broker_env
+from inprocess import LoopTurns, broker_env
 
 from pytbmq import link as link_module
 from pytbmq.broker import Broker
@@ -33,17 +33,17 @@ def test_a_reply_is_written_before_a_busy_turn_ends(
 ) -> None:
     _ca, chain, key = certs
     settings = load_settings(broker_env(tmp_path / "data", ("TCP",), chain, key))
-    turn = 0
+    loop_turns = LoopTurns()
     events: list[tuple[str, int, int]] = []  # (read | write, link id, turn)
     read, flush = link_module.Link.buffer_updated, link_module.Link.flush
 
     def reading(self: link_module.Link, nbytes: int) -> None:
-        events.append(("read", id(self), turn))
+        events.append(("read", id(self), loop_turns.n))
         read(self, nbytes)
 
     def writing(self: link_module.Link) -> None:
         if self._out:
-            events.append(("write", id(self), turn))
+            events.append(("write", id(self), loop_turns.n))
         flush(self)
 
     monkeypatch.setattr(link_module.Link, "buffer_updated", reading)
@@ -56,17 +56,8 @@ def test_a_reply_is_written_before_a_busy_turn_ends(
         return reader, writer
 
     async def scenario() -> int:
-        nonlocal turn
-        loop = asyncio.get_running_loop()
         broker = Broker(settings)
         await broker.start()
-        stop_ticking = False
-
-        def tick() -> None:  # once per loop iteration: call_soon from a callback
-            nonlocal turn
-            turn += 1
-            if not stop_ticking:
-                loop.call_soon(tick)
 
         clients: list[asyncio.StreamWriter] = []
         try:
@@ -85,14 +76,14 @@ def test_a_reply_is_written_before_a_busy_turn_ends(
             p_writer.write(PUBLISH_P)
             for _r, w in flooders:
                 w.write(NOISE * (FLOOD // len(NOISE)))
-            loop.call_soon(tick)
+            loop_turns.start()
             assert await asyncio.wait_for(p_reader.readexactly(len(PUBLISH_P)), 30) == PUBLISH_P
             # wait until the broker has read all the noise (a PINGREQ answered on each)
             for r, w in flooders:
                 w.write(b"\xc0\x00")
                 assert await asyncio.wait_for(r.readexactly(2), 30) == b"\xd0\x00"
         finally:
-            stop_ticking = True
+            loop_turns.stop()
             for w in clients:
                 w.close()
                 with contextlib.suppress(ConnectionError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inprocess import broker_env
+from inprocess import LoopTurns, broker_env
 
 from pytbmq import link as link_module
 from pytbmq.broker import Broker
@@ -42,29 +42,19 @@ def test_a_flooding_client_yields_the_loop_every_read_budget(
     ca, chain, key = certs
     env = broker_env(tmp_path / "data", ("TCP", "SSL"), chain, key)
     settings = load_settings(env)
-    turn = 0
+    loop_turns = LoopTurns()
     per_turn: collections.Counter[tuple[int, int]] = collections.Counter()  # (link, turn)
     original = link_module.Link.buffer_updated
 
     def counting(self: link_module.Link, nbytes: int) -> None:
-        per_turn[id(self), turn] += nbytes
+        per_turn[id(self), loop_turns.n] += nbytes
         original(self, nbytes)
 
     monkeypatch.setattr(link_module.Link, "buffer_updated", counting)
 
     async def scenario() -> int:
-        nonlocal turn
-        loop = asyncio.get_running_loop()
         broker = Broker(settings)
         await broker.start()
-        stop_ticking = False
-
-        def tick() -> None:  # runs once per loop iteration: call_soon from a callback
-            nonlocal turn
-            turn += 1
-            if not stop_ticking:
-                loop.call_soon(tick)
-
         try:
             port = broker.servers[0 if transport == "tcp" else 1].sockets[0].getsockname()[1]
             tls = None
@@ -86,13 +76,13 @@ def test_a_flooding_client_yields_the_loop_every_read_budget(
             # The whole flood is written while the loop cannot read it: the transport's
             # buffer and the kernel's hold it, so the broker finds its socket full.
             writer.write(PUBLISH * (FLOOD // len(PUBLISH)) + PINGREQ)
-            loop.call_soon(tick)
+            loop_turns.start()
             assert await asyncio.wait_for(reader.readexactly(2), 60) == b"\xd0\x00"
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
         finally:
-            stop_ticking = True
+            loop_turns.stop()
             broker.request_stop()
             await broker.stop()
         return len({t for (_link, t) in per_turn})
