@@ -128,15 +128,18 @@ class Writer:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """The end of the turn: write every marked link's bytes."""
         self._scheduled = False
-        self.flush_due(-1.0)
+        self._write_marked()
 
     def flush_due(self, now: float) -> None:
-        """Write every marked link's bytes if the oldest waited `FLUSH_AFTER_SEC` by `now`
-        (always with a negative `now`). The turn's own flush stays scheduled."""
+        """During a turn: write them if the oldest has waited `FLUSH_AFTER_SEC` by `now`
+        (the turn's own flush stays scheduled for what comes later)."""
+        if now >= self.since + FLUSH_AFTER_SEC:
+            self._write_marked()
+
+    def _write_marked(self) -> None:
         dirty = self.dirty
-        if not dirty or 0.0 <= now < self.since + FLUSH_AFTER_SEC:
-            return
         self.dirty = []
         for link in dirty:
             link.flush()
