@@ -13,6 +13,13 @@ and every 5 s appends one JSON line per interval to ``$SOAK_BROKER_STATS``: wall
 loop lag (max, p99, samples) and GC pauses per generation (count, total ms, max ms), plus
 every pause or lag of 10 ms or more with its time.
 
+and, with ``$SOAK_BROKER_PROBE`` (set by bench/soak), one line per probe PUBLISH: its
+sequence number, when the broker handled it and when the write carrying it back to the
+probe went out (CLOCK_MONOTONIC, shared with the probe's process), so that the report can
+split each round trip into before the broker read it, inside the broker and after it
+wrote it. Only the probe's connection is watched: ``Link._on_publish`` gains one string
+comparison per PUBLISH, and ``flush`` is wrapped on the probe's Link instance alone.
+
 For diagnosis, ``bench/soak --tracemalloc`` sets ``$SOAK_BROKER_TRACEMALLOC``: the broker
 then runs under tracemalloc and, every minute, appends to that file the 25 source lines
 whose allocations grew most since the first minute (slow; not for figures).
@@ -43,6 +50,8 @@ CENSUS = os.environ.get("SOAK_BROKER_CENSUS", "")  # diagnosis: what the GC trac
 SAVEALL = os.environ.get("SOAK_BROKER_SAVEALL", "") == "1"
 STALLS = os.environ.get("SOAK_BROKER_STALLS", "")  # diagnosis: what the loop does when late
 GCPROFILE = os.environ.get("SOAK_BROKER_GCPROFILE", "")  # diagnosis: what each collection scans
+PROBE = os.environ.get("SOAK_BROKER_PROBE", "")  # the probe's PUBLISH: when read, when written
+PROBE_CLIENT = "soak-probe"  # bench/soak_clients.py probe()
 TICK = 0.05
 REPORT_EVERY = 5.0
 NOTE_MS = 10.0
@@ -255,7 +264,44 @@ def _trace(first: Any) -> Any:
     return first
 
 
+def _watch_probe() -> None:
+    """Append ``seq handled written`` (monotonic seconds) for each probe PUBLISH to PROBE."""
+    from pytbmq.link import Link
+
+    out = open(PROBE, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    on_publish = Link._on_publish
+
+    def watch(link: Any) -> list[tuple[int, float]]:
+        handled: list[tuple[int, float]] = []
+        flush = link.flush
+
+        def flush_noted() -> None:
+            had_output = bool(link._out)
+            flush()
+            if had_output and handled:
+                written = time.monotonic()
+                for seq, at in handled:
+                    out.write(f"{seq} {at:.6f} {written:.6f}\n")
+                handled.clear()
+
+        link.flush = flush_noted
+        link._soak_probe = handled
+        return handled
+
+    def noted(link: Any, session: Any, packet: Any, now: float) -> None:
+        if link.client_id == PROBE_CLIENT and len(packet.payload) >= 8:
+            handled = link.__dict__.get("_soak_probe")
+            if handled is None:
+                handled = watch(link)
+            handled.append((int.from_bytes(packet.payload[:8], "big"), time.monotonic()))
+        on_publish(link, session, packet, now)
+
+    Link._on_publish = noted  # type: ignore[method-assign]
+
+
 def _instrument() -> None:
+    if PROBE:
+        _watch_probe()
     gc.callbacks.append(REC.on_gc)
     if SAVEALL:
         gc.set_debug(gc.DEBUG_SAVEALL)

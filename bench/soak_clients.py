@@ -532,7 +532,10 @@ def unread_bytes(writer: asyncio.StreamWriter) -> int | None:
 
 async def probe(cfg: Config) -> dict[str, Any]:
     """QoS 0 to itself every 100 ms: (send offset since t0, round trip in ms or None, how
-    late the process woke to send it in ms)."""
+    late the process woke to send it in ms, sequence number, send time on CLOCK_MONOTONIC).
+    The last two let the report match each probe with the instrumented broker's notes of
+    when it read the PUBLISH and wrote it back (the clock is the machine's, shared by every
+    process)."""
     deadline = cfg["t0"] + cfg["duration"]
     topic = "soak/probe/rtt"
     sent: dict[int, float] = {}
@@ -542,7 +545,7 @@ async def probe(cfg: Config) -> dict[str, Any]:
     errors: collections.Counter[str] = collections.Counter()
 
     def on_message(t: str, payload: bytes, qos: int, dup: bool) -> None:
-        now = time.perf_counter()
+        now = time.monotonic()
         (seq,) = struct.unpack_from("!Q", payload)
         if seq in sent and seq not in rtts:
             rtts[seq] = (now - sent[seq]) * 1000
@@ -555,15 +558,15 @@ async def probe(cfg: Config) -> dict[str, Any]:
 
     c = await connect()
     await sleep_until(cfg["t0"])
-    seq, start_wall, start = 0, time.time(), time.perf_counter()
+    seq, start_wall, start = 0, time.time(), time.monotonic()
     offsets: dict[int, float] = {}
     woke: dict[int, float] = {}  # how late this process woke to send it (ms)
     while time.time() < deadline:
         due = start + seq * 0.1
-        delay = due - time.perf_counter()
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        lag.append(late := max(0.0, (time.perf_counter() - due) * 1000))
+        lag.append(late := max(0.0, (time.monotonic() - due) * 1000))
         woke[seq] = late
         if c.closed.is_set():
             errors[f"closed: {c.close_reason}"] += 1
@@ -574,7 +577,7 @@ async def probe(cfg: Config) -> dict[str, Any]:
                 errors[f"reconnect: {type(exc).__name__}"] += 1
                 seq += 1
                 continue
-        sent[seq] = time.perf_counter()
+        sent[seq] = time.monotonic()
         offsets[seq] = start_wall - cfg["t0"] + seq * 0.1
         try:
             await c.publish(topic, struct.pack("!Q", seq) + b"p" * 24, 0)
@@ -584,7 +587,13 @@ async def probe(cfg: Config) -> dict[str, Any]:
     await asyncio.sleep(2)
     await c.disconnect()
     samples = [
-        [round(offsets[s], 3), round(rtts[s], 3) if s in rtts else None, round(woke[s], 3)]
+        [
+            round(offsets[s], 3),
+            round(rtts[s], 3) if s in rtts else None,
+            round(woke[s], 3),
+            s,
+            round(sent[s], 6),
+        ]
         for s in sent
     ]
     lag.sort()

@@ -18,6 +18,10 @@ What it does (docs/benchmarks.md, "Soak / chaos run", has the results):
    publisher with sequence numbers and two persistent subscribers).
 3. Samples the broker every 5 s: VmRSS and threads (/proc/PID/status), CPU time
    (/proc/PID/stat), open descriptors (/proc/PID/fd).
+   The broker runs through bench/soak_broker.py (unless ``--no-instrument``), which
+   records its event loop's lag and GC pauses (broker-loop.jsonl) and when it handled
+   each probe PUBLISH and wrote it back (broker-probe.txt): the report splits every round
+   trip into before the broker read it, inside the broker and after it wrote.
 4. Stops everything, then writes report.md, rss.csv, probe.csv, rss.txt (a text plot),
    summary.json and the broker's log to bench/.build/soak/<timestamp>/ and prints the
    report.
@@ -68,6 +72,7 @@ RESULTS = BENCH / ".build" / "soak"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY = 5.0
 PROBE_LIMIT_MS = 10.0
+PROBE_MARKS = "broker-probe.txt"  # soak_broker.py: when each probe PUBLISH was read, written
 RSS_GROWTH_LIMIT = 1.1
 MIN_GROWTH_RUN = 600.0  # shorter runs cannot tell growth from warm-up
 EN, TIMES = "\u2013", "\u00d7"  # en dash, multiplication sign (kept out of literals for ruff)
@@ -218,6 +223,7 @@ def start_broker(
     argv = [str(PYTHON), "-m", "pytbmq"]
     if stats is not None:
         env["SOAK_BROKER_STATS"] = str(stats)
+        env["SOAK_BROKER_PROBE"] = str(stats.with_name(PROBE_MARKS))
         if trace:
             env["SOAK_BROKER_TRACEMALLOC"] = str(stats.with_name("tracemalloc.txt"))
         if census:
@@ -357,6 +363,43 @@ def probe_rows(samples: list[list[Any]], size: float) -> list[dict[str, Any]]:
     return rows
 
 
+def probe_split(
+    samples: list[list[Any]], marks: dict[int, tuple[float, float]], size: float | None
+) -> dict[str, dict[str, Any]]:
+    """Per bucket, where the probes' round trips went, from samples carrying their sequence
+    number and send time (newer runs) and the broker's notes (soak_broker.py): p99 of the
+    time before the broker handled the PUBLISH (the probe's send, the broker's wake-up and
+    whatever its event loop was doing), inside the broker (handled → written back) and
+    after it wrote (the probe's own wake-up and read). For the probes above the limit,
+    which of the three parts was the largest. ``size`` None: one bucket, "all"."""
+    parts: dict[int, list[tuple[float, float, float]]] = collections.defaultdict(list)
+    slow: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for x in samples:
+        if len(x) < 5 or x[1] is None or x[3] not in marks:
+            continue
+        t, rtt, _late, seq, sent = x[:5]
+        handled, written = marks[seq]
+        split = (
+            (handled - sent) * 1000,
+            (written - handled) * 1000,
+            rtt - (written - sent) * 1000,
+        )
+        b = 0 if size is None else int(t // size)
+        parts[b].append(split)
+        if rtt > PROBE_LIMIT_MS:
+            slow[b][("before", "inside", "after")[split.index(max(split))]] += 1
+    return {
+        ("all" if size is None else bucket_label(b, size)): {
+            "n": len(v),
+            "before_p99": round(pct([p[0] for p in v], 0.99), 2),
+            "inside_p99": round(pct([p[1] for p in v], 0.99), 2),
+            "after_p99": round(pct([p[2] for p in v], 0.99), 2),
+            "slow_by": dict(slow[b]),
+        }
+        for b, v in sorted(parts.items())
+    }
+
+
 def rss_window(samples: list[dict[str, Any]], lo: float, hi: float) -> float:
     values = [s["rss_kb"] / 1024 for s in samples if lo <= s["t"] < hi]
     return statistics.median(values) if values else float("nan")
@@ -453,6 +496,10 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         samples_in = [x for x in probe["samples"] if 0 <= x[0] < duration]
         fig["probe_buckets"] = probe_rows(samples_in, size)
         fig["probe_minutes"] = probe_rows(samples_in, 60.0)
+        marks = run.get("probe_marks") or {}
+        fig["probe_split"] = probe_split(samples_in, marks, size)
+        split_minutes = probe_split(samples_in, marks, 60.0)
+        whole = probe_split(samples_in, marks, None).get("all")
         # the machine's steal in that minute, when the tables are per minute too
         steal_in = {r["bucket"]: r["steal_pct"] for r in rows} if size == 60 else {}
         for row in fig["probe_minutes"]:
@@ -462,6 +509,12 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                     machine.append(f"hypervisor steal {steal:.1f}%")
                 if row["woke_p99"] is not None:
                     machine.append(f"probe woke late p99 {row['woke_p99']:.1f} ms")
+                if (sm := split_minutes.get(row["bucket"])) is not None:
+                    machine.append(
+                        f"p99 before the broker read it {sm['before_p99']:.1f} ms, inside "
+                        f"the broker {sm['inside_p99']:.1f} ms, after it wrote "
+                        f"{sm['after_p99']:.1f} ms"
+                    )
                 failures.append(
                     f"probe p99 {row['p99']:.2f} ms > {PROBE_LIMIT_MS} ms in the minute from "
                     f"{row['bucket']}"
@@ -478,6 +531,7 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "reconnects": probe["reconnects"],
             "loop_lag": probe["probe_loop_lag_ms"],
             "errors": probe["errors"],
+            "split": whole,
         }
 
     # ---- the broker's event loop (soak_broker.py): lag, GC pauses, waiting for a CPU
@@ -746,19 +800,26 @@ def report(run: dict[str, Any], fig: dict[str, Any], failures: list[str]) -> str
     out += [
         f"#### Probe round trip (QoS 0 to itself, every 100 ms) per {unit}",
         "",
-        "The last column is how late the probe's own process woke from its 100 ms timer "
-        "to send (p99): the machine's scheduling delay for a process that is barely busy, "
-        "no broker involved.",
+        "Probe woke late: how late the probe's own process woke from its 100 ms timer "
+        "to send (p99), the machine's scheduling delay for a process that is barely busy, "
+        "no broker involved. The last three columns split the round trips (p99 of each "
+        "part, CLOCK_MONOTONIC on both sides): before the broker handled the PUBLISH "
+        "(the send, the broker's wake-up, what its event loop was busy with), inside the "
+        "broker (handled → written back), after it wrote (the probe's own wake-up and read).",
         "",
         f"| {unit} | probes | p50 ms | p99 ms | max ms | never came back | probe woke late, "
-        "p99 ms |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "p99 ms | before the broker read it, p99 ms | inside the broker, p99 ms | after "
+        "it wrote, p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    split = fig.get("probe_split") or {}
     for p in fig["probe_buckets"]:
         woke = p.get("woke_p99")
+        sp = split.get(p["bucket"]) or {}
         out.append(
             f"| {p['bucket']} | {p['n']} | {p['p50']} | {p['p99']} | {p['max']} | {p['lost']} "
-            f"| {EN if woke is None else woke} |"
+            f"| {EN if woke is None else woke} | {sp.get('before_p99', EN)} "
+            f"| {sp.get('inside_p99', EN)} | {sp.get('after_p99', EN)} |"
         )
     pt = fig.get("probe_total") or {}
     if pt:
@@ -770,6 +831,16 @@ def report(run: dict[str, Any], fig: dict[str, Any], failures: list[str]) -> str
             f"{pt['loop_lag']['p50']} ms, p99 {pt['loop_lag']['p99']} ms, max "
             f"{pt['loop_lag']['max']} ms.",
         ]
+        if whole := pt.get("split"):
+            by = whole["slow_by"]
+            out.append(
+                f"Of the {sum(by.values())} round trips above {PROBE_LIMIT_MS:.0f} ms (with "
+                f"the broker's notes), the largest part was before the broker read the "
+                f"PUBLISH in {by.get('before', 0)}, inside the broker in "
+                f"{by.get('inside', 0)}, after it wrote in {by.get('after', 0)}; whole run "
+                f"p99 of each part {whole['before_p99']} / {whole['inside_p99']} / "
+                f"{whole['after_p99']} ms."
+            )
     out += ["", "#### QoS 1, well-behaved publisher → persistent subscribers", ""]
     if wb:
         out.append(
@@ -1037,6 +1108,7 @@ def main() -> int:
         if path.exists():
             clients_results[role] = json.loads(path.read_text())
     levels, top = summarise_log(broker_log)
+    marks = read_probe_marks(out / PROBE_MARKS)
     loop_lines = []
     if loop_stats is not None and loop_stats.exists():
         for line in loop_stats.read_text().splitlines():
@@ -1062,6 +1134,7 @@ def main() -> int:
         "samples": samples,
         "clients": clients_results,
         "loop": loop_lines,
+        "probe_marks": marks,
         "t0": t0,
         "returncodes": {role: c.returncode for role, c in children.items()},
         "broker_exit": broker.returncode,
@@ -1098,7 +1171,9 @@ def finish(out: Path, run: dict[str, Any]) -> int:
         for p in fig["probe_buckets"]:
             f.write(f"{p['bucket']},{p['n']},{p['p50']},{p['p99']},{p['max']},{p['lost']}\n")
     (out / "rss.txt").write_text(ascii_plot(samples) + "\n")
-    summary = {k: v for k, v in run.items() if k not in ("clients", "samples", "loop")}
+    summary = {
+        k: v for k, v in run.items() if k not in ("clients", "samples", "loop", "probe_marks")
+    }
     summary["figures"] = fig
     summary["failures"] = failures
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -1132,9 +1207,21 @@ def load_run(out: Path) -> dict[str, Any]:
         for line in loop.read_text().splitlines():
             with contextlib.suppress(ValueError):
                 run["loop"].append(json.loads(line))
+    run["probe_marks"] = read_probe_marks(out / PROBE_MARKS)
     levels, top = summarise_log(out / "broker.log")
     run["log_levels"], run["log_top"] = levels, top
     return run
+
+
+def read_probe_marks(path: Path) -> dict[int, tuple[float, float]]:
+    """soak_broker.py's notes: probe sequence number → (handled, written), monotonic s."""
+    marks: dict[int, tuple[float, float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                seq, handled, written = line.split()
+                marks[int(seq)] = (float(handled), float(written))
+    return marks
 
 
 if __name__ == "__main__":
