@@ -1,8 +1,9 @@
-"""pytbmq, as ``python -m pytbmq``, plus two measurements of its event loop for the soak.
+"""pytbmq, as ``python -m pytbmq``, plus measurements of its event loop for the soak.
 
 bench/soak starts the broker through this file (unless ``--no-instrument``) so that a slow
-probe round trip can be told apart: did the event loop stall, and was it the garbage
-collector? Nothing in the broker changes: the module installs
+probe round trip can be told apart: did the event loop stall, was it the garbage
+collector, and which part of the round trip took the time? Nothing in the broker changes:
+the module installs
 
 - a ``gc.callbacks`` hook timing every collection (generation, duration), and
 - a task on the broker's event loop that sleeps 50 ms at a time and notes how late it
@@ -13,12 +14,13 @@ and every 5 s appends one JSON line per interval to ``$SOAK_BROKER_STATS``: wall
 loop lag (max, p99, samples) and GC pauses per generation (count, total ms, max ms), plus
 every pause or lag of 10 ms or more with its time.
 
-and, with ``$SOAK_BROKER_PROBE`` (set by bench/soak), one line per probe PUBLISH: its
-sequence number, when the broker handled it and when the write carrying it back to the
-probe went out (CLOCK_MONOTONIC, shared with the probe's process), so that the report can
-split each round trip into before the broker read it, inside the broker and after it
-wrote it. Only the probe's connection is watched: ``Link._on_publish`` gains one string
-comparison per PUBLISH, and ``flush`` is wrapped on the probe's Link instance alone.
+With ``$SOAK_BROKER_PROBE`` (set by bench/soak) it also appends to that file one line per
+probe PUBLISH: its sequence number, when the broker handled it and when the write
+carrying it back to the probe went out (CLOCK_MONOTONIC, shared with the probe's
+process), so that the report can split each round trip into before the broker read it,
+inside the broker and after it wrote it. Only the probe's connection is watched:
+``Link._on_publish`` gains one string comparison per PUBLISH, and ``flush`` is wrapped on
+the probe's Link instance alone.
 
 For diagnosis, ``bench/soak --tracemalloc`` sets ``$SOAK_BROKER_TRACEMALLOC``: the broker
 then runs under tracemalloc and, every minute, appends to that file the 25 source lines
