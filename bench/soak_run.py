@@ -498,19 +498,19 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         fig["probe_minutes"] = probe_rows(samples_in, 60.0)
         marks = run.get("probe_marks") or {}
         fig["probe_split"] = probe_split(samples_in, marks, size)
-        split_minutes = probe_split(samples_in, marks, 60.0)
+        split_minutes = fig["probe_split"] if size == 60 else probe_split(samples_in, marks, 60)
         whole = probe_split(samples_in, marks, None).get("all")
         # the machine's steal in that minute, when the tables are per minute too
         steal_in = {r["bucket"]: r["steal_pct"] for r in rows} if size == 60 else {}
         for row in fig["probe_minutes"]:
             if not row["p99"] <= PROBE_LIMIT_MS:
-                machine = []
+                context = []  # the machine's share, then the split of the round trips
                 if (steal := steal_in.get(row["bucket"])) is not None:
-                    machine.append(f"hypervisor steal {steal:.1f}%")
+                    context.append(f"hypervisor steal {steal:.1f}%")
                 if row["woke_p99"] is not None:
-                    machine.append(f"probe woke late p99 {row['woke_p99']:.1f} ms")
+                    context.append(f"probe woke late p99 {row['woke_p99']:.1f} ms")
                 if (sm := split_minutes.get(row["bucket"])) is not None:
-                    machine.append(
+                    context.append(
                         f"p99 before the broker read it {sm['before_p99']:.1f} ms, inside "
                         f"the broker {sm['inside_p99']:.1f} ms, after it wrote "
                         f"{sm['after_p99']:.1f} ms"
@@ -519,7 +519,7 @@ def analyse(run: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                     f"probe p99 {row['p99']:.2f} ms > {PROBE_LIMIT_MS} ms in the minute from "
                     f"{row['bucket']}"
                     + (f" ({row['lost']} probes never came back)" if row["lost"] else "")
-                    + (f" ({', '.join(machine)})" if machine else "")
+                    + (f" ({', '.join(context)})" if context else "")
                 )
         allv = [x[1] for x in samples_in if x[1] is not None]
         fig["probe_total"] = {
