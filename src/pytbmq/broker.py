@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -21,6 +20,7 @@ from pytbmq.admission import Admission, AdmissionLimits
 from pytbmq.api.server import ApiServer
 from pytbmq.config import Settings
 from pytbmq.errors import ConfigError
+from pytbmq.heap import HeapFreezer, settle_heap
 from pytbmq.link import Link, LinkSettings, Writer
 from pytbmq.listeners import ListenerSpec, TlsListener, start_listener
 from pytbmq.protocol.connection import Limits
@@ -382,23 +382,6 @@ class Broker:
         log.info("pytbmq stopped")
 
 
-def settle_heap(thresholds: str) -> None:
-    """Once listening, make garbage-collection pauses short (measured by bench/soak).
-
-    Every collection visits each object of the generations it collects (1-4 µs each on a
-    busy broker), so the pause grows with what it scans. The broker's connections free
-    themselves by reference counting (no reference cycles: tests/unit/test_gc_cycles.py),
-    so young collections can be small and frequent and full collections, which only find
-    cycles, rare (``PYTBMQ_GC_THRESHOLDS``). What startup left is collected first, then
-    frozen: the modules, settings and API schemas (about 80,000 objects) live as long as
-    the process and no full collection needs to visit them again.
-    """
-    gc.collect()
-    gc.freeze()
-    a, b, c = (int(part) for part in thresholds.split(","))
-    gc.set_threshold(a, b, c)
-
-
 def _ignore(_seq: int) -> None:
     return None
 
@@ -409,11 +392,19 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, broker.request_stop)
     loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
+    freezer: HeapFreezer | None = None
     try:
         await broker.start()
         settle_heap(settings.pytbmq_gc_thresholds)
+        if settings.pytbmq_gc_freeze_sec:
+            freezer = HeapFreezer(
+                settings.pytbmq_gc_freeze_sec, settings.pytbmq_gc_full_collect_sec
+            )
+            freezer.start(loop)
         await broker.wait_stopped()
     finally:
+        if freezer is not None:
+            freezer.stop()
         await broker.stop()
 
 

@@ -993,6 +993,24 @@ SETTINGS: tuple[Setting, ...] = (
         pytbmq_only=True,
     ),
     Setting(
+        "PYTBMQ_GC_FREEZE_SEC",
+        "pytbmq.gc_freeze_sec",
+        Int(0, 3600),
+        "1",
+        "Seconds between freezes of the heap (gc.freeze), so that full collections only "
+        "visit what is younger; 0 turns freezing off (docs/limits.md)",
+        pytbmq_only=True,
+    ),
+    Setting(
+        "PYTBMQ_GC_FULL_COLLECT_SEC",
+        "pytbmq.gc_full_collect_sec",
+        Int(0, 2**31 - 1),
+        "3600",
+        "Seconds between collections of the whole heap while freezing, which free any "
+        "reference cycle among frozen objects; 0: never (docs/limits.md)",
+        pytbmq_only=True,
+    ),
+    Setting(
         "SHUTDOWN_TIMEOUT_SEC",
         "pytbmq.shutdown_timeout_sec",
         Int(1, 600),
@@ -1450,6 +1468,8 @@ class Settings:
     pytbmq_data_dir: Path
     pytbmq_log_level: str
     pytbmq_gc_thresholds: str
+    pytbmq_gc_freeze_sec: int
+    pytbmq_gc_full_collect_sec: int
     shutdown_timeout_sec: int
     mqtt_persistent_session_device_persisted_messages_ttl: int
     mqtt_persistent_session_app_persisted_messages_limit: int

@@ -113,6 +113,8 @@ TBMQ_DEFAULTS = {
     "pytbmq_data_dir": Path("./data"),
     "pytbmq_log_level": "INFO",
     "pytbmq_gc_thresholds": "300,1,500",
+    "pytbmq_gc_freeze_sec": 1,
+    "pytbmq_gc_full_collect_sec": 3600,
     "shutdown_timeout_sec": 10,
     "mqtt_persistent_session_device_persisted_messages_ttl": 604800,
     "mqtt_persistent_session_app_persisted_messages_limit": 100000,

@@ -139,19 +139,3 @@ def test_connections_leave_no_reference_cycles(
 
     found = uvloop.run(scenario())
     assert not found, f"connections left reference cycles: {dict(found)}"
-
-
-def test_settle_heap_sets_the_thresholds_and_freezes_the_startup_heap() -> None:
-    from pytbmq.broker import settle_heap
-
-    before = gc.get_threshold()
-    kept = [object() for _ in range(3)], {"startup": [1, 2]}  # tracked, alive
-    try:
-        assert gc.get_freeze_count() == 0
-        settle_heap("900,3,77")
-        assert gc.get_threshold() == (900, 3, 77)
-        assert gc.get_freeze_count() >= 2  # what lived at startup is no longer scanned
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-    assert kept
