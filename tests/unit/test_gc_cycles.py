@@ -1,9 +1,11 @@
 """A connection must be freed by reference counting, whatever its transport and ending.
 
-The broker raises Python's full-collection threshold (PYTBMQ_GC_THRESHOLDS) because full
-collections are long pauses on a large heap. That is only safe if connections leave no
-reference cycles behind: every cycle would wait for a rare full collection, holding its
-TLS buffers and session objects meanwhile (bench/soak saw +30 MB a minute). This test runs
+The broker raises Python's full-collection threshold (PYTBMQ_GC_THRESHOLDS) and freezes
+its heap every second (PYTBMQ_GC_FREEZE_SEC, pytbmq/heap.py) because collections that
+visit a large heap are long pauses. That is only safe if connections leave no reference
+cycles behind: every cycle would wait for a rare full collection, or for the hourly
+collection of the whole heap once frozen, holding its TLS buffers and session objects
+meanwhile (bench/soak saw +30 MB a minute). This test runs
 a real broker in-process with all four listeners, lets clients connect and leave in every
 way, and asks the collector (gc.DEBUG_SAVEALL) what it had to find.
 """
