@@ -33,6 +33,8 @@ def test_help_lists_commands(tmp_path):
         ("LISTENER_TCP_BIND_PORT", "not-a-port"),
         ("TCP_NETTY_MAX_PAYLOAD_SIZE", "lots"),
         ("MQTT_KEEP_ALIVE_MAX_KEEP_ALIVE_SEC", "abc"),
+        ("PYTBMQ_GC_FREEZE_SEC", "-1"),
+        ("PYTBMQ_GC_FULL_COLLECT_SEC", "hourly"),
     ],
 )
 def test_invalid_configuration_fails_fast_naming_the_variable(tmp_path, variable, value):
@@ -93,3 +95,25 @@ def test_two_brokers_get_distinct_ports(start_broker):
     first = start_broker()
     second = start_broker()
     assert first.port != second.port
+
+
+def test_heap_is_collected_whole_on_its_period_while_serving(start_broker, clients):
+    """PYTBMQ_GC_FREEZE_SEC / PYTBMQ_GC_FULL_COLLECT_SEC reach the running broker: it
+    freezes its heap every second and, here every second too, thaws, collects and
+    freezes it again, logging each time, while clients are served as before."""
+    broker = start_broker(PYTBMQ_GC_FREEZE_SEC="1", PYTBMQ_GC_FULL_COLLECT_SEC="1")
+    sub = clients.connected(broker, V5)
+    topic = f"heap/{uid()}"
+    assert sub.subscribe(topic, qos=1) == [1]
+    pub = clients.connected(broker, V311)
+    for round_ in range(2):
+        mark = broker.log_mark()
+        line = broker.wait_for_log(
+            r"heap: full collection \(PYTBMQ_GC_FULL_COLLECT_SEC\) took \d+ ms, "
+            r"(\d+) objects tracked, \d+ unreachable found",
+            since=mark,
+        )
+        assert int(line.group(1)) > 10_000  # the broker's heap, frozen again
+        pub.publish(topic, f"after collection {round_}", qos=1)
+        assert sub.expect_message().payload == f"after collection {round_}".encode()
+    assert broker.alive()
